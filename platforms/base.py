@@ -1,0 +1,51 @@
+"""The small interface every platform adapter implements.
+
+An adapter only answers *where things are* and *how to launch*; it never trains,
+loads or chats. Library code asks ``current_platform()`` for folders and stays
+ignorant of which platform it runs on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Folders of one platform. Subclasses override :meth:`detect` and the folders."""
+
+    name: str = "base"
+
+    @classmethod
+    def detect(cls) -> bool:
+        """True when the current process runs on this platform."""
+        return False
+
+    def model_dirs(self) -> list[Path]:
+        """Folders searched, in order, for a model given by name (``--model NAME``)."""
+        return []
+
+    def data_dirs(self) -> list[Path]:
+        """Folders searched for data files given by bare name (``train.csv``)."""
+        return [Path.cwd()]
+
+    def output_dir(self) -> Path:
+        """Where training runs, evaluation reports and exports are written."""
+        return Path.cwd() / "output"
+
+    def working_dir(self) -> Path:
+        """A writable folder for the chat's own files (``chat_history.txt``)."""
+        return Path.cwd()
+
+    def cache_dir(self) -> Path:
+        """qwen_kit's cache (converted demo weights, tokenized data)."""
+        env = os.environ.get("QWEN_KIT_CACHE")
+        if env:
+            return Path(env).expanduser()
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        return (Path(xdg) if xdg else Path.home() / ".cache") / "qwen_kit"
+
+    def describe(self) -> str:
+        return f"{self.name}: models in {', '.join(map(str, self.model_dirs())) or '-'}"

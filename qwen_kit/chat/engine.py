@@ -1,0 +1,211 @@
+"""The chat engine: one conversation, streamed token by token. The CLI and the web UI
+both drive this class; neither generates text any other way."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from qwen_kit.chat.prompt import Round, build_messages, count_tokens, fit_rounds, render_prompt
+from qwen_kit.errors import UserError
+
+
+@dataclass
+class GenerationSettings:
+    """Sampling settings. Defaults are Qwen2.5-Instruct's recommended ones."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    repetition_penalty: float = 1.05
+    greedy: bool = False
+    seed: int | None = None
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        if self.greedy:
+            return {"do_sample": False, "max_new_tokens": self.max_new_tokens,
+                    "repetition_penalty": self.repetition_penalty,
+                    "temperature": None, "top_p": None, "top_k": None}
+        return {"do_sample": True, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "top_p": self.top_p, "top_k": self.top_k, "repetition_penalty": self.repetition_penalty}
+
+
+class GenerationFailed(RuntimeError):
+    """The generation thread raised; the turn ends with this message instead of hanging."""
+
+
+@dataclass
+class TurnStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    first_token_s: float | None = None
+    total_s: float = 0.0
+    stopped_at_eos: bool = False
+    last_token_id: int | None = None
+
+
+class _CountingStreamer:
+    """A TextIteratorStreamer that also counts tokens and times the first one."""
+
+    def __init__(self, tokenizer: Any, stats: TurnStats, start: float):
+        from transformers import TextIteratorStreamer
+
+        self._inner = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._stats, self._start, self._seen_prompt = stats, start, False
+
+    def put(self, value: Any) -> None:
+        if not self._seen_prompt:  # generate() first hands over the prompt ids
+            self._seen_prompt = True
+        else:
+            ids = value.reshape(-1).tolist()
+            if ids:
+                if self._stats.first_token_s is None:
+                    self._stats.first_token_s = time.perf_counter() - self._start
+                self._stats.new_tokens += len(ids)
+                self._stats.last_token_id = ids[-1]
+        self._inner.put(value)
+
+    def end(self) -> None:
+        self._inner.end()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._inner)
+
+
+class Turn:
+    """One reply being generated. Iterate it for text pieces; afterwards read
+    :attr:`text`, :attr:`stats` and :attr:`extras`."""
+
+    def __init__(self, engine: "ChatEngine", user_text: str, prompt: str, prompt_tokens: int,
+                 extras: dict[str, Any]):
+        self.engine, self.user_text, self.prompt = engine, user_text, prompt
+        self.stats = TurnStats(prompt_tokens=prompt_tokens)
+        self.extras = extras
+        self.text = ""
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        import torch
+
+        engine = self.engine
+        start = time.perf_counter()
+        streamer = _CountingStreamer(engine.tokenizer, self.stats, start)
+        inputs = engine.tokenizer(self.prompt, return_tensors="pt", add_special_tokens=False).to(engine.device)
+        if engine.settings.seed is not None:
+            torch.manual_seed(engine.settings.seed)
+        kwargs = dict(**inputs, streamer=streamer, eos_token_id=engine.eos_token_ids,
+                      pad_token_id=engine.pad_token_id, **engine.settings.generate_kwargs())
+
+        def work() -> None:
+            try:
+                with torch.inference_mode():
+                    engine.generate(**kwargs)
+            except BaseException as err:  # noqa: BLE001 - handed to the consumer thread below
+                self.error = err
+                streamer.end()  # wakes the consumer, which then raises
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        for piece in streamer:
+            self.text += piece
+            yield piece
+        thread.join()
+        self.stats.total_s = time.perf_counter() - start
+        if self.error is not None:
+            raise GenerationFailed(f"generation failed: {type(self.error).__name__}: {self.error}") from self.error
+        self.stats.stopped_at_eos = self.stats.last_token_id in engine.eos_token_ids
+        engine._record(Round(self.user_text, self.text.strip(), time.time(), dict(self.extras)))
+
+
+@dataclass
+class ChatEngine:
+    """A multi-turn conversation with one model.
+
+    Args:
+        model, tokenizer: as loaded by :func:`qwen_kit.model.load_model`.
+        system: the system message; ``None`` lets the chat template choose its default.
+        settings: sampling settings.
+        max_context: prompt + new tokens never exceed this many tokens.
+        eos_token_ids: every id that ends a reply.
+        on_evict: called with the rounds that no longer fit, when they leave the prompt.
+        context_fn: called with ``(user_text, recent_rounds)``; returns extra system text
+            for this turn (retrieved documents, memories) and extras for the turn record.
+    """
+
+    model: Any
+    tokenizer: Any
+    system: str | None = None
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    max_context: int = 4096
+    eos_token_ids: list[int] = field(default_factory=list)
+    on_evict: Callable[[list[Round]], None] | None = None
+    context_fn: Callable[[str, list[Round]], tuple[str, dict[str, Any]]] | None = None
+    rounds: list[Round] = field(default_factory=list)
+    window_start: int = 0  # rounds before this index have left the prompt for good
+
+    def __post_init__(self) -> None:
+        if not self.eos_token_ids and self.tokenizer.eos_token_id is not None:
+            self.eos_token_ids = [self.tokenizer.eos_token_id]
+        self.check_budget()
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+    @property
+    def pad_token_id(self) -> int | None:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else (self.eos_token_ids[0] if self.eos_token_ids else None)
+
+    def generate(self, **kwargs: Any) -> Any:
+        return self.model.generate(**kwargs)
+
+    @property
+    def budget(self) -> int:
+        """Tokens the prompt may use: the context minus the room kept for the answer."""
+        return self.max_context - self.settings.max_new_tokens
+
+    def check_budget(self) -> None:
+        """Refuse a context too small for the system prompt and the answer."""
+        system_tokens = count_tokens(self.tokenizer, render_prompt(self.tokenizer, build_messages(self.system, [], "")))
+        if system_tokens > self.budget:
+            raise UserError(f"--max-context {self.max_context} leaves {max(self.budget, 0)} prompt tokens after "
+                            f"--max-new-tokens {self.settings.max_new_tokens}, but the system prompt alone needs "
+                            f"{system_tokens}; raise --max-context or shorten the system prompt")
+
+    def start_turn(self, user_text: str) -> Turn:
+        """Prepare the prompt for ``user_text`` (trimming old rounds) and return the Turn to stream."""
+        system, extras = self.system, {}
+        if self.context_fn is not None:
+            extra_text, extras = self.context_fn(user_text, self.rounds[self.window_start:])
+            if extra_text:
+                system = f"{system}\n\n{extra_text}" if system else extra_text
+        window = self.rounds[self.window_start:]
+        first, prompt, n = fit_rounds(self.tokenizer, system, window, user_text, self.budget)
+        if first:
+            evicted = window[:first]
+            self.window_start += first
+            if self.on_evict is not None:
+                self.on_evict(evicted)
+        return Turn(self, user_text, prompt, n, extras)
+
+    def reply(self, user_text: str) -> str:
+        """Generate the whole reply at once (no streaming)."""
+        turn = self.start_turn(user_text)
+        for _ in turn:
+            pass
+        return turn.text
+
+    def _record(self, r: Round) -> None:
+        self.rounds.append(r)
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays)."""
+        self.rounds.clear()
+        self.window_start = 0
+
+    def in_prompt(self) -> list[Round]:
+        return self.rounds[self.window_start:]

@@ -1,0 +1,146 @@
+"""The one model loader: resolve, pick precision, load weights and tokenizer, apply an adapter."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from platforms import Platform
+from qwen_kit.errors import UserError
+from qwen_kit.model.precision import Precision, choose_precision
+from qwen_kit.model.resolve import ModelRef, resolve_model
+
+
+@dataclass
+class LoadOptions:
+    """How to load a model. Every field has a command-line flag of the same name."""
+
+    adapter: str | None = None
+    load_in_4bit: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    ref: ModelRef
+    precision: Precision
+    adapter: Path | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+
+
+def chatml_template() -> str:
+    """Qwen2.5's ChatML chat template, shipped with the kit for tokenizers that lack one."""
+    return resources.files("qwen_kit.assets").joinpath("qwen2.5_chat_template.jinja").read_text(encoding="utf-8")
+
+
+def pick_device(device: str = "auto") -> tuple[str, tuple[int, int] | None]:
+    import torch
+
+    if device == "auto":
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = "cuda:0"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU; use --device cpu")
+        return device, torch.cuda.get_device_capability(torch.device(device))
+    return device, None
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a reply: the generation config's (Qwen: ``<|im_end|>`` and
+    ``<|endoftext|>``), the tokenizer's, and ``<|im_end|>`` for ChatML base models whose
+    generation config only knows ``<|endoftext|>``."""
+    ids: list[int] = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (gen_eos, tokenizer.eos_token_id):
+        if value is None:
+            continue
+        ids += value if isinstance(value, (list, tuple)) else [value]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end >= 0:
+        ids.append(im_end)
+    return list(dict.fromkeys(int(i) for i in ids))
+
+
+def _check_config(ref: ModelRef, trust_remote_code: bool) -> None:
+    try:
+        config = json.loads((ref.path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{ref.path / 'config.json'} cannot be read as JSON ({err}); re-download the model") from None
+    if config.get("auto_map") and not trust_remote_code:
+        raise UserError(f"{ref.path} needs its own Python code to load (auto_map in config.json); "
+                        "read that code, then pass --trust-remote-code if you trust it")
+
+
+def apply_adapter(model: Any, adapter: Path, base: Path) -> Any:
+    """Load a PEFT LoRA adapter onto ``model``; a mismatched adapter is a :class:`UserError`."""
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"adapter folder {adapter} has no adapter_config.json; pass the folder the LoRA run saved")
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as err:
+        trained_on = "unknown"
+        try:
+            trained_on = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+        except Exception:
+            pass
+        first = str(err).strip().splitlines()[0][:200]
+        raise UserError(f"adapter {adapter} does not fit base model {base} (it was trained on {trained_on}): {first}. "
+                        "Load it with the base model it was trained from") from None
+
+
+def load_model(name: str, options: LoadOptions | None = None, platform: Platform | None = None,
+               quiet: bool = False) -> LoadedModel:
+    """Resolve ``name`` and load model + tokenizer ready for generation.
+
+    Raises:
+        UserError: the model cannot be found, is not a model folder, needs remote code
+            that was not allowed, or the adapter does not fit it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    options = options or LoadOptions()
+    ref = resolve_model(name, platform)
+    adapter = Path(options.adapter).expanduser() if options.adapter else ref.adapter
+    if adapter is not None and not adapter.exists():
+        raise UserError(f"adapter folder {adapter} does not exist")
+    _check_config(ref, options.trust_remote_code)
+
+    device, capability = pick_device(options.device)
+    precision = choose_precision(device, capability, options.load_in_4bit, options.dtype)
+    dtype = getattr(torch, precision.dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": options.trust_remote_code,
+                              "attn_implementation": precision.attn_implementation,
+                              "device_map": {"": device}}
+    if precision.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    if not quiet:
+        print(f"loading {ref.name} from {ref.path} ({precision.dtype} on {device}"
+              f"{', 4-bit nf4' if precision.load_in_4bit else ''})", file=sys.stderr)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=options.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    except OSError as err:
+        raise UserError(f"cannot load the model in {ref.path}: {str(err).splitlines()[0]}") from None
+    if not getattr(tokenizer, "chat_template", None):
+        if not quiet:
+            print(f"{ref.path} has no chat template; using Qwen's ChatML template", file=sys.stderr)
+        tokenizer.chat_template = chatml_template()
+    if adapter is not None:
+        model = apply_adapter(model, adapter.resolve(), ref.path)
+    model.eval()
+    return LoadedModel(model, tokenizer, ref, precision, adapter, eos_token_ids(model, tokenizer))

@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Chat with a model in the terminal.
+
+    python scripts/chat.py                          # Qwen2.5-0.5B-Instruct, or the offline demo model
+    python scripts/chat.py --model demo --greedy
+    printf 'Hi\nWhat did I just say?\n' | python scripts/chat.py --model demo --jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from qwen_kit.chat.cli import ChatConfig, run_chat  # noqa: E402
+from qwen_kit.errors import run_cli  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> ChatConfig:
+    d = ChatConfig()
+    p = argparse.ArgumentParser(description="Multi-turn streaming chat. Commands: /reset /history /save FILE /exit")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", help="folder, hub id, platform model name, or 'demo' "
+                   "(default: Qwen/Qwen2.5-0.5B-Instruct when available, else demo)")
+    m.add_argument("--adapter", help="PEFT LoRA adapter folder to apply")
+    m.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes nf4 weights (GPU or CPU)")
+    m.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"])
+    m.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    m.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+    g = p.add_argument_group("generation")
+    g.add_argument("--system", help="system message (default: the chat template's own)")
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    g.add_argument("--temperature", type=float, default=d.temperature)
+    g.add_argument("--top-p", type=float, default=d.top_p)
+    g.add_argument("--top-k", type=int, default=d.top_k)
+    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
+    g.add_argument("--greedy", action="store_true", help="deterministic decoding, no sampling")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--max-context", type=int, help="prompt + answer token budget (default: min(4096, model limit))")
+    p.add_argument("--jsonl", action="store_true", help="print one JSON object per turn")
+    a = p.parse_args(argv)
+    return ChatConfig(**{k: v for k, v in vars(a).items()})
+
+
+if __name__ == "__main__":
+    run_cli(lambda: run_chat(parse_args()), prog="chat.py")

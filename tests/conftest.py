@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny Qwen2 (random weights, real tokenizer and template) and the demo model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests never reach for the network; the resolver must answer from local files alone.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory) -> Path:
+    from qwen_kit.testing import build_tiny_qwen
+
+    return build_tiny_qwen(tmp_path_factory.mktemp("models") / "tiny-qwen")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_qwen_dir):
+    from qwen_kit.model import load_model
+
+    return load_model(str(tiny_qwen_dir), quiet=True)
+
+
+@pytest.fixture(scope="session")
+def demo():
+    from qwen_kit.model import load_model
+
+    return load_model("demo", quiet=True)
+
+
+def run_script(script: str, *args: str, input: bytes | str | None = None, env: dict | None = None,
+               cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``scripts/<script>`` in a real subprocess, as a user would."""
+    if isinstance(input, str):
+        input = input.encode("utf-8")
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], input=input,
+                          capture_output=True, timeout=timeout, env=full_env, cwd=cwd)

@@ -1,0 +1,84 @@
+"""Loading: adapters, 4-bit weights, remote code, and their errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from qwen_kit.errors import UserError
+from qwen_kit.model import LoadOptions, load_model
+from qwen_kit.model.precision import choose_precision
+
+
+def _logits(loaded, text="The capital of France is"):
+    ids = loaded.tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        return loaded.model(**ids).logits
+
+
+def _save_random_lora(base_dir, out_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    # init_lora_weights=False: B is random too, so the adapter visibly changes outputs.
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    peft.save_pretrained(out_dir)
+    return out_dir
+
+
+def test_loading_an_adapter_changes_the_output(tiny, tiny_qwen_dir, tmp_path):
+    adapter = _save_random_lora(tiny_qwen_dir, tmp_path / "lora")
+    with_adapter = load_model(str(tiny_qwen_dir), LoadOptions(adapter=str(adapter)), quiet=True)
+    assert with_adapter.adapter == adapter.resolve()
+    assert not torch.allclose(_logits(tiny), _logits(with_adapter), atol=1e-4)
+
+
+def test_an_adapter_for_another_base_model_is_refused(tiny_qwen_dir, tmp_path):
+    from qwen_kit.testing import build_tiny_qwen
+
+    other = build_tiny_qwen(tmp_path / "wider", hidden_size=64)
+    adapter = _save_random_lora(other, tmp_path / "lora-for-wider")
+    with pytest.raises(UserError, match="does not fit base model"):
+        load_model(str(tiny_qwen_dir), LoadOptions(adapter=str(adapter)), quiet=True)
+
+
+def test_a_4bit_load_generates(tiny_qwen_dir):
+    loaded = load_model(str(tiny_qwen_dir), LoadOptions(load_in_4bit=True), quiet=True)
+    assert any(type(m).__name__ == "Linear4bit" for m in loaded.model.modules())
+    ids = loaded.tokenizer("hello", return_tensors="pt")
+    out = loaded.model.generate(**ids, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 5
+
+
+def test_remote_code_is_not_run_without_the_flag(tiny_qwen_dir, tmp_path):
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_qwen_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_evil.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(UserError, match="--trust-remote-code"):
+        load_model(str(folder), quiet=True)
+
+
+@pytest.mark.parametrize("device,capability,want", [
+    ("cuda:0", (7, 5), "float16"),   # T4: no bf16
+    ("cuda:0", (8, 0), "bfloat16"),  # A100
+    ("cpu", None, "float32"),
+])
+def test_precision_follows_the_hardware(device, capability, want):
+    p = choose_precision(device, capability)
+    assert p.dtype == want and p.attn_implementation == "sdpa" and not p.load_in_4bit
+    assert choose_precision(device, capability, load_in_4bit=True).load_in_4bit
+
+
+@pytest.mark.gpu
+def test_4bit_on_cuda_generates(tiny_qwen_dir):
+    loaded = load_model(str(tiny_qwen_dir), LoadOptions(load_in_4bit=True, device="cuda"), quiet=True)
+    ids = loaded.tokenizer("hello", return_tensors="pt").to("cuda")
+    assert loaded.model.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] > 1
