@@ -115,11 +115,12 @@ class ChatSession:
         stream = self.interactive or not self.jsonl
         if self.interactive:
             self.out.write("assistant> ")
+        def show(piece: str) -> None:
+            self.out.write(piece)
+            self.out.flush()
+
         try:
-            for piece in turn:
-                if stream:
-                    self.out.write(piece)
-                    self.out.flush()
+            turn.run(show if stream else None)
         except GenerationFailed as err:
             self.failed_turns += 1
             if stream:

@@ -3,6 +3,7 @@ both drive this class; neither generates text any other way."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,14 +48,23 @@ class TurnStats:
     last_token_id: int | None = None
 
 
-class _CountingStreamer:
-    """A TextIteratorStreamer that also counts tokens and times the first one."""
+class _PieceStreamer:
+    """Receives token ids from ``generate``, counts and times them, and hands decoded text
+    pieces to ``on_piece`` (transformers' TextStreamer does the word-boundary decoding)."""
 
-    def __init__(self, tokenizer: Any, stats: TurnStats, start: float):
-        from transformers import TextIteratorStreamer
+    def __init__(self, tokenizer: Any, stats: TurnStats, start: float, on_piece: Callable[[str], None]):
+        from transformers import TextStreamer
 
-        self._inner = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self._stats, self._start, self._seen_prompt = stats, start, False
+        outer = self
+
+        class _Text(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    outer.on_piece(text)
+
+        self._text = _Text(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.stats, self.start, self.on_piece = stats, start, on_piece
+        self._seen_prompt = False
 
     def put(self, value: Any) -> None:
         if not self._seen_prompt:  # generate() first hands over the prompt ids
@@ -62,22 +72,24 @@ class _CountingStreamer:
         else:
             ids = value.reshape(-1).tolist()
             if ids:
-                if self._stats.first_token_s is None:
-                    self._stats.first_token_s = time.perf_counter() - self._start
-                self._stats.new_tokens += len(ids)
-                self._stats.last_token_id = ids[-1]
-        self._inner.put(value)
+                if self.stats.first_token_s is None:
+                    self.stats.first_token_s = time.perf_counter() - self.start
+                self.stats.new_tokens += len(ids)
+                self.stats.last_token_id = ids[-1]
+        self._text.put(value)
 
     def end(self) -> None:
-        self._inner.end()
+        self._text.end()
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._inner)
+
+_DONE = object()
 
 
 class Turn:
-    """One reply being generated. Iterate it for text pieces; afterwards read
-    :attr:`text`, :attr:`stats` and :attr:`extras`."""
+    """One reply being generated. Either call :meth:`run` (generation in this thread,
+    pieces handed to a callback: the fastest path, used by the terminal chat) or iterate
+    the turn (generation in a worker thread, pieces yielded: for servers and UIs).
+    Afterwards read :attr:`text`, :attr:`stats` and :attr:`extras`."""
 
     def __init__(self, engine: "ChatEngine", user_text: str, prompt: str, prompt_tokens: int,
                  extras: dict[str, Any]):
@@ -85,39 +97,60 @@ class Turn:
         self.stats = TurnStats(prompt_tokens=prompt_tokens)
         self.extras = extras
         self.text = ""
-        self.error: BaseException | None = None
 
-    def __iter__(self) -> Iterator[str]:
+    def _generate(self, on_piece: Callable[[str], None]) -> None:
         import torch
 
         engine = self.engine
         start = time.perf_counter()
-        streamer = _CountingStreamer(engine.tokenizer, self.stats, start)
+
+        def collect(piece: str) -> None:
+            self.text += piece
+            on_piece(piece)
+
+        streamer = _PieceStreamer(engine.tokenizer, self.stats, start, collect)
         inputs = engine.tokenizer(self.prompt, return_tensors="pt", add_special_tokens=False).to(engine.device)
         if engine.settings.seed is not None:
             torch.manual_seed(engine.settings.seed)
-        kwargs = dict(**inputs, streamer=streamer, eos_token_id=engine.eos_token_ids,
-                      pad_token_id=engine.pad_token_id, **engine.settings.generate_kwargs())
+        try:
+            with torch.inference_mode():
+                engine.generate(**inputs, streamer=streamer, eos_token_id=engine.eos_token_ids,
+                                pad_token_id=engine.pad_token_id, **engine.settings.generate_kwargs())
+        except Exception as err:
+            raise GenerationFailed(f"generation failed: {type(err).__name__}: {err}") from err
+        finally:
+            self.stats.total_s = time.perf_counter() - start
+
+    def _finish(self) -> None:
+        self.stats.stopped_at_eos = self.stats.last_token_id in self.engine.eos_token_ids
+        self.engine._record(Round(self.user_text, self.text.strip(), time.time(), dict(self.extras)))
+
+    def run(self, on_piece: Callable[[str], None] | None = None) -> str:
+        """Generate in the calling thread; ``on_piece`` gets each text piece. Returns the reply."""
+        self._generate(on_piece or (lambda _piece: None))
+        self._finish()
+        return self.text
+
+    def __iter__(self) -> Iterator[str]:
+        pieces: queue.Queue = queue.Queue()
+        failure: list[BaseException] = []
 
         def work() -> None:
             try:
-                with torch.inference_mode():
-                    engine.generate(**kwargs)
-            except BaseException as err:  # noqa: BLE001 - handed to the consumer thread below
-                self.error = err
-                streamer.end()  # wakes the consumer, which then raises
+                self._generate(pieces.put)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the consuming thread
+                failure.append(err)
+            finally:
+                pieces.put(_DONE)  # always wake the consumer: a failed generation must not hang it
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        for piece in streamer:
-            self.text += piece
+        while (piece := pieces.get()) is not _DONE:
             yield piece
         thread.join()
-        self.stats.total_s = time.perf_counter() - start
-        if self.error is not None:
-            raise GenerationFailed(f"generation failed: {type(self.error).__name__}: {self.error}") from self.error
-        self.stats.stopped_at_eos = self.stats.last_token_id in engine.eos_token_ids
-        engine._record(Round(self.user_text, self.text.strip(), time.time(), dict(self.extras)))
+        if failure:
+            raise failure[0]
+        self._finish()
 
 
 @dataclass
@@ -194,10 +227,7 @@ class ChatEngine:
 
     def reply(self, user_text: str) -> str:
         """Generate the whole reply at once (no streaming)."""
-        turn = self.start_turn(user_text)
-        for _ in turn:
-            pass
-        return turn.text
+        return self.start_turn(user_text).run()
 
     def _record(self, r: Round) -> None:
         self.rounds.append(r)

@@ -60,7 +60,8 @@ def test_streamed_pieces_form_the_reply_and_are_recorded(tiny):
     assert [r.user for r in engine.rounds] == ["Tell me about the library"]
 
 
-def test_an_exception_in_the_generation_thread_ends_the_turn(tiny):
+@pytest.mark.parametrize("mode", ["iterate", "run"])
+def test_an_exception_during_generation_ends_the_turn(tiny, mode):
     engine = _engine(tiny)
 
     def broken_generate(**kwargs):
@@ -72,7 +73,8 @@ def test_an_exception_in_the_generation_thread_ends_the_turn(tiny):
 
     def consume():
         try:
-            list(engine.start_turn("hi"))
+            turn = engine.start_turn("hi")
+            list(turn) if mode == "iterate" else turn.run()
         except BaseException as err:  # noqa: BLE001
             result.append(err)
         done.set()
