@@ -1,0 +1,1 @@
+"""Instruction data: reading, validating, rendering with the chat template, label masks, packing."""

@@ -1,0 +1,136 @@
+"""From a data source to token ids and labels: validated, batched, cached.
+
+The result is cached under the platform's cache folder, keyed by the data's content, the
+tokenizer and the render options, so a second run with the same inputs skips everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qwen_kit.data.read import read_examples
+from qwen_kit.data.render import IGNORE, RenderOptions, apply_system, labels_from_offsets, render_text, target_spans
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class TokenizedData:
+    """Token ids and labels of every kept row, plus what happened to the others."""
+
+    input_ids: list[np.ndarray]
+    labels: list[np.ndarray]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+def _fingerprint(source: str, tokenizer: Any, opts: RenderOptions) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{json.dumps(asdict(opts), sort_keys=True)}".encode())
+    path = Path(source).expanduser()
+    if path.is_file():
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    elif path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    else:
+        h.update(f"hub:{source}".encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
+    h.update(str(getattr(tokenizer, "chat_template", "")).encode())
+    return h.hexdigest()[:24]
+
+
+def _save(path: Path, data: TokenizedData) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lengths = data.lengths()
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, ids=np.concatenate(data.input_ids) if len(data) else np.zeros(0, np.int32),
+             labels=np.concatenate(data.labels) if len(data) else np.zeros(0, np.int32), lengths=lengths,
+             stats=np.array(json.dumps(data.stats)))
+    tmp.replace(path)
+
+
+def _load(path: Path) -> TokenizedData:
+    with np.load(path) as z:
+        bounds = np.cumsum(z["lengths"])[:-1]
+        return TokenizedData(np.split(z["ids"], bounds), np.split(z["labels"], bounds), json.loads(str(z["stats"])))
+
+
+def prepare_data(source: str, tokenizer: Any, opts: RenderOptions, cache_dir: Path | None = None,
+                 max_bad_share: float = 0.05, progress: bool = True, batch_size: int = 1000) -> TokenizedData:
+    """Read, validate, render and tokenize ``source``; reuse the cache when nothing changed.
+
+    Raises:
+        UserError: unreadable source, too many bad rows, or no row left to train on.
+    """
+    from tqdm.auto import tqdm
+
+    from qwen_kit.errors import UserError
+
+    cache_file = cache_dir / f"{_fingerprint(source, tokenizer, opts)}.npz" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        data = _load(cache_file)
+        data.stats["cached"] = True
+        return data
+
+    examples, report = read_examples(source, max_bad_share)
+    if report.bad:
+        print(report.summary(source), file=sys.stderr)
+    no_system = opts.no_system_prompt
+    texts, spans = [], []
+    for ex in tqdm(examples, desc="rendering", disable=not progress, unit="row", mininterval=1):
+        msgs = apply_system(ex.messages, opts)
+        text = render_text(tokenizer, msgs, no_system)
+        texts.append(text)
+        spans.append(target_spans(tokenizer, msgs, text, no_system) if opts.loss == "response" else [])
+
+    ids_out, labels_out = [], []
+    truncated = dropped = 0
+    bar = tqdm(total=len(texts), desc="tokenizing", disable=not progress, unit="row", mininterval=1)
+    for lo in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[lo: lo + batch_size], add_special_tokens=False, return_offsets_mapping=True)
+        for j, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
+            ids = np.asarray(ids, dtype=np.int32)
+            mask = labels_from_offsets(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), spans[lo + j], opts.loss)
+            if len(ids) > opts.max_len:
+                if opts.too_long == "drop":
+                    dropped += 1
+                    continue
+                ids, mask = ids[: opts.max_len], mask[: opts.max_len]
+                truncated += 1
+                if not mask.any():  # truncation cut away every target: nothing left to learn
+                    dropped += 1
+                    continue
+            ids_out.append(ids)
+            labels_out.append(np.where(mask, ids, IGNORE).astype(np.int32))
+        bar.update(min(batch_size, len(texts) - lo))
+    bar.close()
+    if not ids_out:
+        raise UserError(f"{source}: no row is left to train on (dropped {dropped} too-long rows); "
+                        "raise --max-len or use --too-long truncate")
+    stats = {"rows": report.total, "bad_rows": len(report.bad), "truncated": truncated, "dropped_too_long": dropped,
+             "kept": len(ids_out), "tokens": int(sum(len(x) for x in ids_out)),
+             "target_tokens": int(sum(int((x != IGNORE).sum()) for x in labels_out)), "cached": False}
+    if truncated or dropped:
+        print(f"{source}: {truncated} rows longer than {opts.max_len} tokens truncated, {dropped} dropped",
+              file=sys.stderr)
+    data = TokenizedData(ids_out, labels_out, stats)
+    if cache_file is not None:
+        _save(cache_file, data)
+    return data

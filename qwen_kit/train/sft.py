@@ -1,0 +1,206 @@
+"""Supervised fine-tuning on the Hugging Face Trainer: full, LoRA or QLoRA, one path.
+
+Launch on one device with ``python scripts/sft.py ...`` and on N GPUs with
+``torchrun --nproc_per_node=N scripts/sft.py ...`` (``make sft GPUS=N``): the Trainer
+wraps the model in DDP, only rank 0 logs and saves, and the data is tokenized once by
+the main process (the others wait, then read the cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from platforms import current_platform
+from qwen_kit.config import save_config
+from qwen_kit.data.pack import SFTCollator, SFTDataset
+from qwen_kit.data.prepare import TokenizedData, prepare_data
+from qwen_kit.data.render import RenderOptions
+from qwen_kit.errors import UserError
+from qwen_kit.train.config import TrainConfig
+
+
+def _rank_info() -> tuple[int, int]:
+    return int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def resolve_output_dir(cfg: TrainConfig) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir).expanduser()
+    return current_platform().output_dir() / run_name(cfg)
+
+
+def run_name(cfg: TrainConfig) -> str:
+    if cfg.run_name:
+        return cfg.run_name
+    short = Path(cfg.model.rstrip("/")).name.lower()
+    return f"{short}-{cfg.finetune}-{cfg.loss}"
+
+
+def _split(data: TokenizedData, share: float, seed: int) -> tuple[TokenizedData, TokenizedData | None]:
+    n = len(data)
+    n_eval = int(round(n * share)) if share > 0 else 0
+    if share > 0 and n >= 10:
+        n_eval = max(1, n_eval)
+    if n_eval == 0:
+        return data, None
+    order = np.random.default_rng(seed).permutation(n)
+    ev, tr = sorted(order[:n_eval]), sorted(order[n_eval:])
+    pick = lambda idx: TokenizedData([data.input_ids[i] for i in idx], [data.labels[i] for i in idx])  # noqa: E731
+    return pick(tr), pick(ev)
+
+
+def _check_lora(cfg: TrainConfig, model: Any) -> None:
+    if cfg.lora_r <= 0:
+        raise UserError(f"--lora-r must be a positive rank, got {cfg.lora_r}")
+    names = {name.split(".")[-1] for name, mod in model.named_modules() if type(mod).__name__.startswith("Linear")}
+    missing = [t for t in cfg.lora_targets if t not in names]
+    if missing:
+        raise UserError(f"LoRA target module(s) {', '.join(missing)} do not exist in {cfg.model}; "
+                        f"its linear layers are: {', '.join(sorted(names))}")
+
+
+def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
+    """Load the base model through the kit's one loader and make it trainable for ``cfg.finetune``."""
+    import torch
+
+    from qwen_kit.model import LoadOptions, load_model
+
+    local_rank, _ = _rank_info()
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    qlora = cfg.finetune == "qlora"
+    # Full and LoRA training keep fp32 master weights and let autocast do bf16/fp16 math;
+    # QLoRA stores the frozen base in nf4 and computes in the hardware's half type.
+    dtype = cfg.dtype if (qlora or cfg.dtype != "auto") else "float32"
+    loaded = load_model(cfg.model, LoadOptions(dtype=dtype, device=device, load_in_4bit=qlora,
+                                               trust_remote_code=cfg.trust_remote_code),
+                        quiet=local_rank != 0)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    model.config.use_cache = False  # no KV cache in training; also lets packed rows get a block-diagonal mask
+    if cfg.finetune in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        _check_lora(cfg, model)
+        if qlora:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                                 target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _precision_flags(cfg: TrainConfig) -> dict[str, bool]:
+    import torch
+
+    if not torch.cuda.is_available() or cfg.dtype == "float32":
+        return {"bf16": False, "fp16": False}
+    if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and torch.cuda.is_bf16_supported()):
+        return {"bf16": True, "fp16": False}
+    return {"bf16": False, "fp16": True}  # T4 / V100: no bf16
+
+
+def _peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says and save the result. Returns the run summary (also written to
+    ``run_summary.json`` in the output folder).
+
+    Raises:
+        UserError: bad data, impossible options, or an output folder that would be clobbered.
+    """
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import Trainer, TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    local_rank, world = _rank_info()
+    is_main = local_rank == 0 and int(os.environ.get("RANK", 0)) == 0
+    out = resolve_output_dir(cfg)
+    name = run_name(cfg)
+    platform = current_platform()
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    resume_from: str | None = None
+    if cfg.resume:
+        resume_from = last if cfg.resume == "latest" else cfg.resume
+        if cfg.resume != "latest" and not Path(cfg.resume).is_dir():
+            raise UserError(f"--resume {cfg.resume}: no such checkpoint folder")
+        if resume_from is None and is_main:
+            print(f"no checkpoint in {out} yet; starting from the beginning", file=sys.stderr)
+    elif last is not None and not cfg.overwrite:
+        raise UserError(f"{out} already has checkpoints ({Path(last).name}); pass --resume to continue, "
+                        "--overwrite to start over, or another --run-name")
+
+    model, tokenizer = build_model(cfg)
+    opts = RenderOptions(cfg.loss, cfg.system_prompt, cfg.no_system_prompt, cfg.max_len, cfg.too_long)
+    tb_dir = out.parent / "tensorboard" / name
+    args = TrainingArguments(
+        output_dir=str(out), run_name=name, per_device_train_batch_size=cfg.per_device_batch,
+        per_device_eval_batch_size=cfg.per_device_batch, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, eval_strategy="steps" if cfg.eval_share > 0 else "no",
+        eval_steps=cfg.eval_steps, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
+        gradient_checkpointing=cfg.gradient_checkpointing, remove_unused_columns=False,
+        train_sampling_strategy="random" if cfg.packing else "group_by_length",
+        include_num_input_tokens_seen="all", ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, **_precision_flags(cfg))
+
+    with args.main_process_first(desc="tokenizing"):  # rank 0 tokenizes, the others then hit the cache
+        data = prepare_data(cfg.data, tokenizer, opts, platform.cache_dir() / "tokenized",
+                            cfg.max_bad_share, progress=is_main)
+    train, evaluation = _split(data, cfg.eval_share, cfg.seed)
+    train_ds = SFTDataset(train.input_ids, train.labels, cfg.packing, cfg.max_len)
+    eval_ds = SFTDataset(evaluation.input_ids, evaluation.labels, cfg.packing, cfg.max_len) if evaluation else None
+    if is_main:
+        stats = data.stats
+        print(f"data: {stats.get('kept', len(data))} rows ({'from cache' if stats.get('cached') else 'tokenized'}), "
+              f"{len(train_ds)} training items{' (packed)' if cfg.packing else ''}, "
+              f"{len(eval_ds) if eval_ds else 0} eval items; {world} process(es)", file=sys.stderr)
+
+    callbacks = list(extra_callbacks or [])
+    if is_main:
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(tb_dir))))
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                      data_collator=SFTCollator(cfg.packing, tokenizer.pad_token_id),
+                      processing_class=tokenizer, callbacks=callbacks)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    elapsed = time.perf_counter() - started
+    metrics = dict(result.metrics)
+    if eval_ds is not None:
+        metrics.update(trainer.evaluate())
+
+    summary = {"run_name": name, "output_dir": str(out), "tensorboard_dir": str(tb_dir), "world_size": world,
+               "global_step": trainer.state.global_step, "resumed_from": resume_from,
+               "train_loss": metrics.get("train_loss"), "eval_loss": metrics.get("eval_loss"),
+               "tokens_seen": int(trainer.state.num_input_tokens_seen),
+               "tokens_per_s": trainer.state.num_input_tokens_seen / elapsed if elapsed else None,
+               "peak_memory_mb": _peak_memory_mb(), "train_seconds": elapsed,
+               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "total_params": sum(p.numel() for p in model.parameters()),
+               "data": data.stats, "log_history": trainer.state.log_history, "config": asdict(cfg)}
+    trainer.save_model(str(out))  # rank 0 only; LoRA runs save the adapter in PEFT format
+    if is_main:
+        tokenizer.save_pretrained(str(out))
+        save_config(cfg, out / "qwen_kit_config.yaml")
+        (out / "run_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str),
+                                              encoding="utf-8")
+        print(f"saved to {out} (TensorBoard: tensorboard --logdir {tb_dir.parent})", file=sys.stderr)
+    return summary
