@@ -14,14 +14,18 @@ STAMP  := $(VENV)/.installed-qwen_kit
 
 MODEL  ?= demo
 ARGS   ?=
+GPUS   ?= 1
+CONFIG ?= configs/sft_qwen2.5_0.5b.yaml
+# One process per GPU through torchrun when GPUS > 1; plain python otherwise.
+LAUNCH = $(if $(filter-out 0 1,$(GPUS)),$(VENV)/bin/torchrun --nproc_per_node=$(GPUS),$(PY))
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo chat test test-fast bench clean
+.PHONY: help venv demo chat test test-fast bench clean sft sft-demo exp-batch exp-loss exp-sysprompt
 
 help: ## list targets and variables
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "variables: MODEL=$(MODEL) ARGS='$(ARGS)' PYTHON=$(PYTHON) VENV=$(VENV) TORCH=$(TORCH) PYTEST_ARGS='$(PYTEST_ARGS)'"
+	@echo "variables: MODEL=$(MODEL) GPUS=$(GPUS) CONFIG=$(CONFIG) ARGS='$(ARGS)' PYTHON=$(PYTHON) VENV=$(VENV) TORCH=$(TORCH) PYTEST_ARGS='$(PYTEST_ARGS)'"
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +42,21 @@ demo: $(STAMP) ## chat with the offline demo model (SmolLM2-135M-Instruct)
 
 chat: $(STAMP) ## chat with MODEL (folder, hub id or demo)
 	$(PY) scripts/chat.py --model $(MODEL) $(ARGS)
+
+sft: $(STAMP) ## fine-tune with CONFIG on GPUS devices (ARGS adds flags, e.g. ARGS="--resume latest")
+	$(LAUNCH) scripts/sft.py --config $(CONFIG) $(ARGS)
+
+sft-demo: $(STAMP) ## a one-minute CPU fine-tune of the demo model on data/sample_alpaca.json
+	$(PY) scripts/sft.py --config configs/sft_demo.yaml --overwrite $(ARGS)
+
+exp-batch: $(STAMP) ## experiment: per-device batch at fixed examples per step -> table + plots
+	$(PY) scripts/experiment.py configs/exp_batch.yaml $(ARGS)
+
+exp-loss: $(STAMP) ## experiment: full-sequence vs response-only loss -> table + plots
+	$(PY) scripts/experiment.py configs/exp_loss.yaml $(ARGS)
+
+exp-sysprompt: $(STAMP) ## experiment: default vs custom vs no system prompt -> table + plots
+	$(PY) scripts/experiment.py configs/exp_sysprompt.yaml $(ARGS)
 
 test: $(STAMP) ## run all tests (slow ones included; about 5-10 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)

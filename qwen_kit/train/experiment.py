@@ -1,0 +1,114 @@
+"""Ablations as one command: run variants of a recipe with everything else fixed, then
+write a results table (Markdown + CSV) and plots (loss curves, final eval loss)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from platforms import current_platform
+from qwen_kit.config import load_config
+from qwen_kit.errors import UserError
+from qwen_kit.train.config import TrainConfig
+
+COLUMNS = ["variant", "per_device_batch", "grad_accum", "loss", "system", "steps", "final_train_loss",
+           "eval_loss", "tokens_per_s", "peak_memory_mb", "train_seconds"]
+
+
+def load_sweep(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"sweep file {p} does not exist; examples are configs/exp_*.yaml")
+    sweep = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(sweep.get("variants"), list) or not sweep["variants"]:
+        raise UserError(f"{p}: needs a non-empty 'variants' list of {{name: ..., option: value}}")
+    for i, v in enumerate(sweep["variants"], start=1):
+        if not isinstance(v, dict) or "name" not in v:
+            raise UserError(f"{p}: variant {i} needs a 'name'")
+    return sweep
+
+
+def run_experiment(sweep_path: str, overrides: dict[str, Any] | None = None, out_dir: str | None = None) -> Path:
+    """Run every variant of the sweep in turn and report. Returns the experiment folder."""
+    from qwen_kit.train.sft import run_sft
+
+    sweep = load_sweep(sweep_path)
+    name = sweep.get("name") or Path(sweep_path).stem
+    root = Path(out_dir) if out_dir else current_platform().output_dir() / "experiments" / name
+    root.mkdir(parents=True, exist_ok=True)
+    rows, histories = [], {}
+    base = {**(sweep.get("overrides") or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    for variant in sweep["variants"]:
+        vname = variant["name"]
+        settings = {**base, **{k: v for k, v in variant.items() if k != "name"},
+                    "output_dir": str(root / vname), "run_name": f"{name}-{vname}", "overwrite": True}
+        cfg = load_config(TrainConfig, sweep.get("base"), settings)
+        print(f"[{name}] variant {vname}", file=sys.stderr)
+        summary = run_sft(cfg)
+        histories[vname] = summary["log_history"]
+        losses = [h["loss"] for h in summary["log_history"] if "loss" in h]
+        rows.append({"variant": vname, "per_device_batch": cfg.per_device_batch, "grad_accum": cfg.grad_accum,
+                     "loss": cfg.loss, "system": "none" if cfg.no_system_prompt else (cfg.system_prompt or "template"),
+                     "steps": summary["global_step"], "final_train_loss": losses[-1] if losses else None,
+                     "eval_loss": summary["eval_loss"], "tokens_per_s": summary["tokens_per_s"],
+                     "peak_memory_mb": summary["peak_memory_mb"], "train_seconds": summary["train_seconds"]})
+    write_report(root, name, rows, histories)
+    return root
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+    return "" if v is None else str(v)
+
+
+def write_report(root: Path, name: str, rows: list[dict], histories: dict[str, list[dict]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(root / "results.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"# Experiment: {name}", "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines += ["", "![loss curves](loss_curves.png)", "", "![final eval loss](final_eval_loss.png)", ""]
+    (root / "results.md").write_text("\n".join(lines), encoding="utf-8")
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for vname, hist in histories.items():
+        pts = [(h["step"], h["loss"]) for h in hist if "loss" in h]
+        ev = [(h["step"], h["eval_loss"]) for h in hist if "eval_loss" in h]
+        if pts:
+            line, = ax.plot(*zip(*pts), label=f"{vname} train")
+            if ev:
+                ax.plot(*zip(*ev), "o--", color=line.get_color(), label=f"{vname} eval")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{name}: loss curves")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(root / "loss_curves.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [r["variant"] for r in rows]
+    values = [r["eval_loss"] if r["eval_loss"] is not None else float("nan") for r in rows]
+    bars = ax.bar(names, values, color="#4C72B0")
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_ylabel("final eval loss")
+    ax.set_title(f"{name}: final eval loss per variant")
+    fig.tight_layout()
+    fig.savefig(root / "final_eval_loss.png", dpi=120)
+    plt.close(fig)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]

@@ -1,0 +1,41 @@
+"""An experiment sweep runs every variant and leaves a table and plots behind."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tests.conftest import run_script
+
+
+def test_sweep_writes_table_csv_and_plots(tiny_qwen_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("QWEN_KIT_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"instruction": f"Q{i}?", "input": "", "output": f"A{i}."} for i in range(30)]))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"""name: tiny-loss
+overrides: {{model: "{tiny_qwen_dir}", data: "{data}", max_steps: 3, eval_share: 0.2, eval_steps: 3,
+            max_len: 64, per_device_batch: 2, save_steps: 1000, logging_steps: 1}}
+variants:
+  - {{name: full, loss: full}}
+  - {{name: response, loss: response}}
+""")
+    res = run_script("experiment.py", str(sweep), "--out", str(tmp_path / "exp"), "--learning-rate", "1e-3")
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv", encoding="utf-8")))
+    assert [r["variant"] for r in rows] == ["full", "response"]
+    assert [r["loss"] for r in rows] == ["full", "response"] and all(r["steps"] == "3" for r in rows)
+    assert all(float(r["eval_loss"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
+    md = (tmp_path / "exp" / "results.md").read_text()
+    assert "| full |" in md and "loss_curves.png" in md
+    for png in ("loss_curves.png", "final_eval_loss.png"):
+        assert (tmp_path / "exp" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_sweep_without_variants_is_refused(tmp_path):
+    sweep = tmp_path / "bad.yaml"
+    sweep.write_text("name: x\n")
+    res = run_script("experiment.py", str(sweep))
+    assert res.returncode == 2 and b"needs a non-empty 'variants' list" in res.stderr
