@@ -84,7 +84,7 @@ class SFTCollator:
                 "attention_mask": torch.from_numpy(mask)}
 
 
-def padding_efficiency(lengths: Sequence[int], batch_size: int, packed: bool, max_len: int,
+def padding_efficiency(lengths: Sequence[int], batch_size: int, packed: bool,
                        seed: int = 0) -> float:
     """Real tokens / tokens computed for random batches of ``batch_size`` items."""
     rng = np.random.default_rng(seed)
