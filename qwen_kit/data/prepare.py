@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from qwen_kit.data.read import read_examples
-from qwen_kit.data.render import IGNORE, RenderOptions, apply_system, labels_from_offsets, render_text, target_spans
+from qwen_kit.data.render import (IGNORE, RenderOptions, TemplateRenderer, apply_system, labels_for_encoding,
+                                  labels_from_offsets, render_text, target_spans)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -93,33 +95,60 @@ def prepare_data(source: str, tokenizer: Any, opts: RenderOptions, cache_dir: Pa
     if report.bad:
         print(report.summary(source), file=sys.stderr)
     no_system = opts.no_system_prompt
-    texts, spans = [], []
-    for ex in tqdm(examples, desc="rendering", disable=not progress, unit="row", mininterval=1):
-        msgs = apply_system(ex.messages, opts)
-        text = render_text(tokenizer, msgs, no_system)
-        texts.append(text)
-        spans.append(target_spans(tokenizer, msgs, text, no_system) if opts.loss == "response" else [])
+    renderer = TemplateRenderer(tokenizer)
+    renderer.verify([apply_system(ex.messages, opts) for ex in examples[:8]])
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+
+    def render_chunk(chunk: list) -> tuple[list[str], list[list[tuple[int, int]]]]:
+        texts, spans = [], []
+        for ex in chunk:
+            msgs = apply_system(ex.messages, opts)
+            text = render_text(tokenizer, msgs, no_system, renderer=renderer)
+            texts.append(text)
+            spans.append(target_spans(tokenizer, msgs, text, no_system, renderer) if opts.loss == "response" else [])
+        return texts, spans
+
+    def encode(texts: list[str]) -> list:
+        if backend is not None:  # the Rust tokenizer directly: parallel, and it releases the GIL
+            return backend.encode_batch(texts, add_special_tokens=False)
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return list(zip(enc["input_ids"], enc["offset_mapping"]))
 
     ids_out, labels_out = [], []
     truncated = dropped = 0
-    bar = tqdm(total=len(texts), desc="tokenizing", disable=not progress, unit="row", mininterval=1)
-    for lo in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[lo: lo + batch_size], add_special_tokens=False, return_offsets_mapping=True)
-        for j, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
-            ids = np.asarray(ids, dtype=np.int32)
-            mask = labels_from_offsets(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), spans[lo + j], opts.loss)
-            if len(ids) > opts.max_len:
-                if opts.too_long == "drop":
-                    dropped += 1
-                    continue
-                ids, mask = ids[: opts.max_len], mask[: opts.max_len]
-                truncated += 1
-                if not mask.any():  # truncation cut away every target: nothing left to learn
-                    dropped += 1
-                    continue
-            ids_out.append(ids)
-            labels_out.append(np.where(mask, ids, IGNORE).astype(np.int32))
-        bar.update(min(batch_size, len(texts) - lo))
+    bar = tqdm(total=len(examples), desc="tokenizing", disable=not progress, unit="row", mininterval=1)
+    # Rendering (Python) of the next chunk overlaps tokenization (Rust, GIL released) of this one.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        chunks = [examples[lo: lo + batch_size] for lo in range(0, len(examples), batch_size)]
+        pending = None
+        for k in range(len(chunks) + 1):
+            rendered = render_chunk(chunks[k]) if k < len(chunks) else None
+            done = pending
+            # Hand chunk k to the tokenizer before post-processing chunk k-1, so it never idles.
+            pending = (rendered, pool.submit(encode, rendered[0])) if rendered is not None else None
+            if done is None:
+                continue
+            (texts, spans), future = done
+            for enc, sp in zip(future.result(), spans):
+                if backend is not None:
+                    ids = np.asarray(enc.ids, dtype=np.int32)
+                    labels = labels_for_encoding(enc, ids, sp, opts.loss)
+                else:
+                    ids = np.asarray(enc[0], dtype=np.int32)
+                    mask = labels_from_offsets(np.asarray(enc[1], dtype=np.int64).reshape(-1, 2), sp, opts.loss)
+                    labels = np.where(mask, ids, IGNORE).astype(np.int32)
+                if len(ids) > opts.max_len:
+                    if opts.too_long == "drop":
+                        dropped += 1
+                        continue
+                    ids, labels = ids[: opts.max_len], labels[: opts.max_len]
+                    truncated += 1
+                    if not (labels != IGNORE).any():  # truncation cut away every target
+                        dropped += 1
+                        continue
+                ids_out.append(ids)
+                labels_out.append(labels)
+            bar.update(len(texts))
     bar.close()
     if not ids_out:
         raise UserError(f"{source}: no row is left to train on (dropped {dropped} too-long rows); "

@@ -18,7 +18,20 @@ from qwen_kit.errors import UserError
 
 IGNORE = -100
 _SENTINEL = "\u0000QWEN_KIT_NO_SYSTEM\u0000"
-_CHATML_ASSISTANT = re.compile(r"<\|im_start\|>assistant\n(.*?<\|im_end\|>)", re.DOTALL)
+_OPEN, _CLOSE = "<|im_start|>assistant\n", "<|im_end|>"
+
+
+def _chatml_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each assistant reply plus its <|im_end|>, by plain substring search."""
+    spans, pos = [], 0
+    while (start := text.find(_OPEN, pos)) != -1:
+        start += len(_OPEN)
+        end = text.find(_CLOSE, start)
+        if end == -1:
+            break
+        spans.append((start, end + len(_CLOSE)))
+        pos = end
+    return spans
 
 
 @dataclass(frozen=True)
@@ -60,29 +73,86 @@ def apply_system(messages: Sequence[dict], opts: RenderOptions) -> list[dict]:
     return msgs
 
 
-def render_text(tokenizer: Any, messages: list[dict], no_system: bool, add_generation_prompt: bool = False) -> str:
+class TemplateRenderer:
+    """Renders messages with the tokenizer's chat template.
+
+    ``apply_chat_template`` re-validates its inputs on every call; over 50k rows that
+    doubles rendering time. When the template compiles in a plain sandboxed Jinja
+    environment *and* gives byte-identical text on sample conversations, the compiled
+    template is used directly; otherwise every call goes through ``apply_chat_template``.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self._compiled = None
+        try:
+            import jinja2
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                extensions=[jinja2.ext.loopcontrols])
+            env.filters["tojson"] = lambda x, indent=None, **_: __import__("json").dumps(x, ensure_ascii=False,
+                                                                                         indent=indent)
+            env.globals["raise_exception"] = self._raise
+            self._compiled = env.from_string(tokenizer.chat_template)
+            self._extra = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+        except Exception:  # any template our plain environment cannot compile: use the slow path
+            self._compiled = None
+
+    @staticmethod
+    def _raise(message: str) -> None:
+        raise ValueError(message)
+
+    def _slow(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def verify(self, samples: list[list[dict]]) -> None:
+        """Keep the fast path only if it matches ``apply_chat_template`` on ``samples``."""
+        if self._compiled is None:
+            return
+        for msgs in samples:
+            for gen in (False, True):
+                try:
+                    fast = self._compiled.render(messages=msgs, add_generation_prompt=gen, **self._extra)
+                except Exception:
+                    fast = None
+                if fast != self._slow(msgs, gen):
+                    self._compiled = None
+                    return
+
+    def __call__(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        if self._compiled is not None:
+            return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **self._extra)
+        return self._slow(messages, add_generation_prompt)
+
+
+def render_text(tokenizer: Any, messages: list[dict], no_system: bool, add_generation_prompt: bool = False,
+                renderer: Any = None) -> str:
     """Render with the chat template. With ``no_system``, templates that inject a default
     system prompt (Qwen2.5's "You are Qwen, created by Alibaba Cloud…") are given a
     sentinel system message whose block is then cut out, so no system block remains."""
+    render = renderer or (lambda m, g: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=g))
     if not no_system:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    text = tokenizer.apply_chat_template([{"role": "system", "content": _SENTINEL}, *messages], tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
-    block = re.compile(r"(<\|im_start\|>|<\|start_header_id\|>)?system\n?" + re.escape(_SENTINEL) +
-                       r"(<\|im_end\|>|<\|eot_id\|>)?\n?")
-    text = block.sub("", text, count=1)
+        return render(messages, add_generation_prompt)
+    text = render([{"role": "system", "content": _SENTINEL}, *messages], add_generation_prompt)
+    text = _SENTINEL_BLOCK.sub("", text, count=1)
     if _SENTINEL in text:
         raise UserError("this tokenizer's chat template cannot render a prompt without a system block; "
                         "drop --no-system-prompt or use a ChatML (Qwen) tokenizer")
     return text
 
 
-def target_spans(tokenizer: Any, messages: list[dict], text: str, no_system: bool) -> list[tuple[int, int]]:
+_SENTINEL_BLOCK = re.compile(r"(<\|im_start\|>|<\|start_header_id\|>)?system\n?" + re.escape(_SENTINEL) +
+                             r"(<\|im_end\|>|<\|eot_id\|>)?\n?")
+
+
+def target_spans(tokenizer: Any, messages: list[dict], text: str, no_system: bool,
+                 renderer: Any = None) -> list[tuple[int, int]]:
     """Character spans of ``text`` that are training targets in response-only loss:
     each assistant message's content and the end token that follows it."""
     n_assistant = sum(m["role"] == "assistant" for m in messages)
-    spans = [(m.start(1), m.end(1)) for m in _CHATML_ASSISTANT.finditer(text)]
-    if len(spans) == n_assistant:  # ChatML fast path: one regex over the rendered text
+    spans = _chatml_spans(text)
+    if len(spans) == n_assistant:  # ChatML fast path: one scan over the rendered text
         return spans
     # Generic path: render the conversation up to each assistant turn.
     eos = tokenizer.eos_token or ""
@@ -90,7 +160,7 @@ def target_spans(tokenizer: Any, messages: list[dict], text: str, no_system: boo
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = render_text(tokenizer, messages[:i], no_system, add_generation_prompt=True)
+        prefix = render_text(tokenizer, messages[:i], no_system, add_generation_prompt=True, renderer=renderer)
         if not text.startswith(prefix):
             raise UserError("the chat template renders differently turn by turn, so response-only "
                             "labels cannot be located; use --loss full")
@@ -100,6 +170,22 @@ def target_spans(tokenizer: Any, messages: list[dict], text: str, no_system: boo
             end += len(eos)
         spans.append((start, end))
     return spans
+
+
+def labels_for_encoding(encoding: Any, ids: np.ndarray, spans: list[tuple[int, int]], loss: str) -> np.ndarray:
+    """Labels from a ``tokenizers.Encoding``: native char->token lookups, no offset arrays."""
+    if loss == "full":
+        labels = ids.copy()
+    else:
+        labels = np.full(len(ids), IGNORE, dtype=np.int32)
+        for s, e in spans:
+            a = next((t for c in range(s, e) if (t := encoding.char_to_token(c)) is not None), None)
+            b = next((t for c in range(e - 1, s - 1, -1) if (t := encoding.char_to_token(c)) is not None), None)
+            if a is not None and b is not None:
+                labels[a: b + 1] = ids[a: b + 1]
+    if len(labels):
+        labels[0] = IGNORE
+    return labels
 
 
 def labels_from_offsets(offsets: np.ndarray, spans: list[tuple[int, int]], loss: str) -> np.ndarray:
