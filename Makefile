@@ -16,16 +16,30 @@ MODEL  ?= demo
 ARGS   ?=
 GPUS   ?= 1
 CONFIG ?= configs/sft_qwen2.5_0.5b.yaml
-# One process per GPU through torchrun when GPUS > 1; plain python otherwise.
-LAUNCH = $(if $(filter-out 0 1,$(GPUS)),$(VENV)/bin/torchrun --nproc_per_node=$(GPUS),$(PY))
+# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (same values on every node but NODE_RANK).
+NNODES      ?= 1
+NODE_RANK   ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+TORCHRUN = $(VENV)/bin/torchrun --nnodes=$(NNODES) --node_rank=$(NODE_RANK) --master_addr=$(MASTER_ADDR) \
+	--master_port=$(MASTER_PORT) --nproc_per_node=$(GPUS)
+# One process per GPU through torchrun when GPUS > 1 or NNODES > 1; plain python otherwise.
+LAUNCH = $(if $(filter-out 0 1,$(GPUS) $(NNODES)),$(TORCHRUN),$(PY))
+# make autodl-lora MODEL=qwen2.5-3b picks configs/lora_qwen2.5_3b.yaml (default: qwen2.5-1.5b)
+LORA_MODEL  = $(if $(filter command line environment,$(origin MODEL)),$(MODEL),qwen2.5-1.5b)
+LORA_CONFIG = configs/lora_$(subst -,_,$(LORA_MODEL)).yaml
+DATA   ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo chat test test-fast bench clean sft sft-demo exp-batch exp-loss exp-sysprompt
+.PHONY: help venv demo chat test test-fast bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
+	autodl-lora download merge
 
 help: ## list targets and variables
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "variables: MODEL=$(MODEL) GPUS=$(GPUS) CONFIG=$(CONFIG) ARGS='$(ARGS)' PYTHON=$(PYTHON) VENV=$(VENV) TORCH=$(TORCH) PYTEST_ARGS='$(PYTEST_ARGS)'"
+	@echo "variables: MODEL=$(MODEL) GPUS=$(GPUS) CONFIG=$(CONFIG) DATA=$(DATA) ARGS='$(ARGS)'"
+	@echo "           NNODES=$(NNODES) NODE_RANK=$(NODE_RANK) MASTER_ADDR=$(MASTER_ADDR) MASTER_PORT=$(MASTER_PORT) ADAPTER= OUT="
+	@echo "           PYTHON=$(PYTHON) VENV=$(VENV) TORCH=$(TORCH) PYTEST_ARGS='$(PYTEST_ARGS)'"
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +59,15 @@ chat: $(STAMP) ## chat with MODEL (folder, hub id or demo)
 
 sft: $(STAMP) ## fine-tune with CONFIG on GPUS devices (ARGS adds flags, e.g. ARGS="--resume latest")
 	$(LAUNCH) scripts/sft.py --config $(CONFIG) $(ARGS)
+
+autodl-lora: $(STAMP) ## LoRA on AutoDL: MODEL=qwen2.5-1.5b|qwen2.5-3b GPUS=N [DATA=train.csv] [ARGS=...]
+	$(LAUNCH) scripts/sft.py --config $(LORA_CONFIG) $(if $(DATA),--data $(DATA)) $(ARGS)
+
+download: $(STAMP) ## download MODEL (hub id) into the platform's model folder (ModelScope or HF)
+	$(PY) scripts/download.py $(MODEL) $(ARGS)
+
+merge: $(STAMP) ## merge ADAPTER into its base model, saved to OUT
+	$(PY) scripts/merge_lora.py $(ADAPTER) --out $(OUT) $(ARGS)
 
 sft-demo: $(STAMP) ## a one-minute CPU fine-tune of the demo model on data/sample_alpaca.json
 	$(PY) scripts/sft.py --config configs/sft_demo.yaml --overwrite $(ARGS)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 
+from platforms.autodl import AutoDLPlatform
 from platforms.base import Platform
 from platforms.local import LocalPlatform
 
-ADAPTERS: list[type[Platform]] = [LocalPlatform]
+# Most specific first; local matches everywhere, so it is last.
+ADAPTERS: list[type[Platform]] = [AutoDLPlatform, LocalPlatform]
 
 
 def get_platform(name: str) -> Platform:
@@ -22,6 +24,15 @@ def get_platform(name: str) -> Platform:
             return cls()
     known = ", ".join(cls().name for cls in ADAPTERS)
     raise ValueError(f"unknown platform {name!r}; known platforms: {known}")
+
+
+def apply_env_defaults(platform: Platform | None = None) -> Platform:
+    """Set the platform's environment defaults (hub caches on AutoDL's data disk, ...) where
+    the user has not set them. Entry points call this before importing the hub libraries."""
+    platform = platform or current_platform()
+    for key, value in platform.env_defaults().items():
+        os.environ.setdefault(key, value)
+    return platform
 
 
 def current_platform() -> Platform:
@@ -35,4 +46,5 @@ def current_platform() -> Platform:
     return LocalPlatform()
 
 
-__all__ = ["ADAPTERS", "Platform", "LocalPlatform", "current_platform", "get_platform"]
+__all__ = ["ADAPTERS", "AutoDLPlatform", "LocalPlatform", "Platform", "apply_env_defaults", "current_platform",
+           "get_platform"]

@@ -47,5 +47,18 @@ class Platform:
         xdg = os.environ.get("XDG_CACHE_HOME")
         return (Path(xdg) if xdg else Path.home() / ".cache") / "qwen_kit"
 
+    def tensorboard_dirs(self, run_root: Path, run_name: str) -> list[Path]:
+        """Where a run's TensorBoard events go: ``<run_root>/tensorboard/<run_name>``, plus any
+        folder the platform's own panel reads."""
+        return [run_root / "tensorboard" / run_name]
+
+    def env_defaults(self) -> dict[str, str]:
+        """Environment variables to set (when unset) before any job starts, e.g. hub caches."""
+        return {}
+
+    def hub_download_env(self) -> dict[str, str]:
+        """Extra environment for a hub download only (e.g. an academic proxy)."""
+        return {}
+
     def describe(self) -> str:
         return f"{self.name}: models in {', '.join(map(str, self.model_dirs())) or '-'}"

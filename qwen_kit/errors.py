@@ -21,6 +21,9 @@ class UserError(Exception):
 def run_cli(main: Callable[[], int | None], prog: str = "qwen_kit") -> None:
     """Run ``main`` and turn :class:`UserError` / Ctrl-C into a clean exit."""
     try:
+        from platforms import apply_env_defaults
+
+        apply_env_defaults()  # before any hub library reads its cache location
         code = main()
     except UserError as err:
         message = " ".join(str(err).split("\n"))

@@ -40,7 +40,9 @@ class TokenizedData:
 
 def _fingerprint(source: str, tokenizer: Any, opts: RenderOptions) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{json.dumps(asdict(opts), sort_keys=True)}".encode())
-    path = Path(source).expanduser()
+    from qwen_kit.data.read import _locate
+
+    path = _locate(source)
     if path.is_file():
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
@@ -151,8 +153,10 @@ def prepare_data(source: str, tokenizer: Any, opts: RenderOptions, cache_dir: Pa
             bar.update(len(texts))
     bar.close()
     if not ids_out:
-        raise UserError(f"{source}: no row is left to train on (dropped {dropped} too-long rows); "
-                        "raise --max-len or use --too-long truncate")
+        why = ("truncating them to --max-len left no reply tokens to learn from" if opts.too_long == "truncate"
+               else "all are longer than --max-len")
+        raise UserError(f"{source}: no row is left to train on: {why} ({dropped} rows, --max-len {opts.max_len}); "
+                        "raise --max-len")
     stats = {"rows": report.total, "bad_rows": len(report.bad), "truncated": truncated, "dropped_too_long": dropped,
              "kept": len(ids_out), "tokens": int(sum(len(x) for x in ids_out)),
              "target_tokens": int(sum(int((x != IGNORE).sum()) for x in labels_out)), "cached": False}

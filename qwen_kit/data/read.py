@@ -95,9 +95,22 @@ class _BadRow:
         self.reason = reason
 
 
+def _locate(source: str) -> Path:
+    """A bare file name (``train.csv``) is also looked for in the platform's data folders."""
+    path = Path(source).expanduser()
+    if path.exists() or len(path.parts) != 1:
+        return path
+    from platforms import current_platform
+
+    for folder in current_platform().data_dirs():
+        if (folder / source).exists():
+            return folder / source
+    return path
+
+
 def iter_rows(source: str) -> Iterator[tuple[int, Any]]:
     """Yield ``(row_number, row)`` from a file, a saved dataset folder or a hub dataset id."""
-    path = Path(source).expanduser()
+    path = _locate(source)
     if path.is_dir():
         if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
             raise UserError(f"{path} is a folder but not a saved dataset (no dataset_info.json); pass a data file")

@@ -52,4 +52,6 @@ class TrainConfig:
     lora_dropout: float = _opt(0.05, "LoRA dropout")
     lora_targets: list[str] = _opt(None, "modules that get LoRA (default: every linear projection of Qwen2)",
                                    factory=lambda: list(QWEN2_LINEAR))
+    deepspeed: str | None = _opt(None, "DeepSpeed config JSON for ZeRO-2/3 (configs/ds_zero2.json, ds_zero3.json); "
+                                       "needs pip install deepspeed")
     trust_remote_code: bool = _opt(False, "allow the model's own Python code to run")

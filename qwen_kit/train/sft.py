@@ -85,6 +85,8 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
                         quiet=local_rank != 0)
     model, tokenizer = loaded.model, loaded.tokenizer
     model.config.use_cache = False  # no KV cache in training; also lets packed rows get a block-diagonal mask
+    if cfg.deepspeed and cfg.finetune == "qlora":
+        raise UserError("--deepspeed does not combine with QLoRA's 4-bit weights here; use --finetune lora or full")
     if cfg.finetune in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -148,7 +150,8 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
 
     model, tokenizer = build_model(cfg)
     opts = RenderOptions(cfg.loss, cfg.system_prompt, cfg.no_system_prompt, cfg.max_len, cfg.too_long)
-    tb_dir = out.parent / "tensorboard" / name
+    tb_dirs = platform.tensorboard_dirs(out.parent, name)
+    tb_dir = tb_dirs[0]
     args = TrainingArguments(
         output_dir=str(out), run_name=name, per_device_train_batch_size=cfg.per_device_batch,
         per_device_eval_batch_size=cfg.per_device_batch, gradient_accumulation_steps=cfg.grad_accum,
@@ -160,7 +163,8 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
         gradient_checkpointing=cfg.gradient_checkpointing, remove_unused_columns=False,
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
         include_num_input_tokens_seen="all", ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, **_precision_flags(cfg))
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, deepspeed=cfg.deepspeed,
+        **_precision_flags(cfg))
 
     with args.main_process_first(desc="tokenizing"):  # rank 0 tokenizes, the others then hit the cache
         data = prepare_data(cfg.data, tokenizer, opts, platform.cache_dir() / "tokenized",
@@ -175,8 +179,8 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
               f"{len(eval_ds) if eval_ds else 0} eval items; {world} process(es)", file=sys.stderr)
 
     callbacks = list(extra_callbacks or [])
-    if is_main:
-        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(tb_dir))))
+    if is_main:  # one writer per folder: the run's own, plus e.g. AutoDL's /root/tf-logs panel
+        callbacks += [TensorBoardCallback(SummaryWriter(log_dir=str(d))) for d in tb_dirs]
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=SFTCollator(cfg.packing, tokenizer.pad_token_id),
                       processing_class=tokenizer, callbacks=callbacks)
@@ -187,7 +191,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
     if eval_ds is not None:
         metrics.update(trainer.evaluate())
 
-    summary = {"run_name": name, "output_dir": str(out), "tensorboard_dir": str(tb_dir), "world_size": world,
+    summary = {"run_name": name, "output_dir": str(out), "tensorboard_dirs": [str(d) for d in tb_dirs], "world_size": world,
                "global_step": trainer.state.global_step, "resumed_from": resume_from,
                "train_loss": metrics.get("train_loss"), "eval_loss": metrics.get("eval_loss"),
                "tokens_seen": int(trainer.state.num_input_tokens_seen),

@@ -82,3 +82,5 @@ def test_a_100k_token_row_is_truncated_or_dropped_and_counted(tiny, tmp_path):
     assert cut.stats["truncated"] == 1 and max(len(x) for x in cut.input_ids) == 256 and cut.stats["kept"] == 6
     dropped = prepare_data(str(path), tiny.tokenizer, RenderOptions(max_len=256, too_long="drop"), progress=False)
     assert dropped.stats["dropped_too_long"] == 1 and dropped.stats["kept"] == 5
+    with pytest.raises(UserError, match="truncating them to --max-len left no reply tokens"):
+        prepare_data(str(path), tiny.tokenizer, RenderOptions(max_len=12), progress=False)
