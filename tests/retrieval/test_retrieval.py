@@ -1,0 +1,147 @@
+"""Hybrid retrieval over real files with the bundled MiniLM embedder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from qwen_kit.errors import UserError
+from qwen_kit.retrieval.chunking import chunk_document, split_sentences
+from qwen_kit.retrieval.hybrid import Embedder, HybridRetriever, bm25_tokens
+from qwen_kit.retrieval.index import build_index, open_knowledge_base
+
+DOCS = {
+    "library.md": "# City Library\n\nThe city library opens at 9 am and closes at 6 pm on weekdays. "
+                  "On Sundays the library is closed. Members may borrow up to eight books for three weeks.\n",
+    "cafeteria.txt": "The staff cafeteria serves lunch from 11:30 to 13:30. Vegetarian dishes are marked green.",
+    "宿舍.md": "# 宿舍管理规定\n\n学生宿舍晚上十一点关门。访客必须在前台登记，并在晚上九点前离开。宿舍内禁止使用电热水壶。",
+    "实验室.txt": "化学实验室每周二和周四下午开放。进入实验室必须穿实验服并佩戴护目镜。",
+}
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return Embedder()
+
+
+@pytest.fixture
+def docs(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, text in DOCS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_chinese_sentences_split_at_chinese_punctuation():
+    assert split_sentences("宿舍十一点关门。访客要登记！可以吗？可以；谢谢") == \
+        ["宿舍十一点关门。", "访客要登记！", "可以吗？", "可以；", "谢谢"]
+    assert bm25_tokens("宿舍晚上十一点关门") != ["宿舍晚上十一点关门"]  # segmented, not one token
+
+
+def test_chunks_respect_size_overlap_and_headings():
+    text = "# Rules\n\n" + " ".join(f"Sentence number {i} is here." for i in range(40)) + "\n\n# Other\n\nLast one."
+    chunks = chunk_document("r.md", text, lambda s: len(s.split()), size=30, overlap=10)
+    assert all(len(c.text.split()) <= 30 for c in chunks)
+    assert chunks[0].heading == "Rules" and chunks[-1].heading == "Other" and chunks[-1].text == "Last one."
+    first_of_second = chunks[1].text.split(".")[0]
+    assert first_of_second in chunks[0].text  # overlap carries the previous sentences
+    assert [c.position for c in chunks] == list(range(len(chunks)))
+
+
+def test_a_chinese_question_finds_its_chunk_through_bm25_alone(docs, embedder):
+    retriever, _ = build_index(docs, embedder=embedder, progress=False)
+    hits = retriever.search("宿舍几点关门？", k=3, mode="bm25")
+    assert hits and hits[0].chunk.file == "宿舍.md"
+
+
+def test_bm25_ranking_matches_rank_bm25(docs, embedder):
+    from rank_bm25 import BM25Okapi
+
+    retriever, _ = build_index(docs, embedder=embedder, progress=False)
+    oracle = BM25Okapi(retriever.tokens)
+    for query in ["library closed Sundays", "实验室 护目镜", "lunch vegetarian", "访客 登记"]:
+        scores = oracle.get_scores(bm25_tokens(query))
+        expected = [i for i in sorted(range(len(scores)), key=lambda i: -scores[i]) if scores[i] > 0]
+        got = [retriever.chunks.index(h.chunk) for h in retriever.search(query, k=10, mode="bm25")]
+        assert got == expected[: len(got)] and got
+
+
+def test_a_chunk_found_by_both_retrievers_ranks_first(docs, embedder):
+    retriever, _ = build_index(docs, embedder=embedder, progress=False)
+    hits = retriever.search("When does the library close?", k=4)
+    assert hits[0].chunk.file == "library.md"
+    assert hits[0].bm25_rank == 1 and hits[0].dense_rank == 1
+
+
+def test_a_saved_index_reloads_to_identical_results(docs, embedder, tmp_path):
+    built, _ = build_index(docs, tmp_path / "idx", embedder=embedder, progress=False)
+    loaded = open_knowledge_base(tmp_path / "idx", embedder)
+    for q in ["When does the library close?", "宿舍几点关门？", "goggles in the lab"]:
+        a, b = built.search(q, k=4), loaded.search(q, k=4)
+        assert [(h.chunk.id, round(h.score, 6)) for h in a] == [(h.chunk.id, round(h.score, 6)) for h in b]
+    assert not any(p.suffix == ".pkl" for p in (tmp_path / "idx").iterdir())
+
+
+def test_incremental_rebuild_embeds_only_what_changed(docs, embedder, tmp_path):
+    _, first = build_index(docs, tmp_path / "idx", embedder=embedder, progress=False)
+    assert len(first.added) == 4
+    (docs / "cafeteria.txt").write_text("The staff cafeteria now serves lunch from 12:00 to 14:00.", encoding="utf-8")
+    (docs / "实验室.txt").unlink()
+    (docs / "new.txt").write_text("The gym opens at 7 am.", encoding="utf-8")
+    retriever, second = build_index(docs, tmp_path / "idx", embedder=embedder, progress=False)
+    assert second.changed == ["cafeteria.txt"] and second.added == ["new.txt"] and second.removed == ["实验室.txt"]
+    assert second.unchanged == 2 and second.chunks_embedded == 2
+    assert {c.file for c in retriever.chunks} == {"library.md", "cafeteria.txt", "宿舍.md", "new.txt"}
+    assert "12:00" in retriever.search("cafeteria lunch hours", k=1)[0].chunk.text
+
+
+def test_bad_files_are_skipped_and_counted(docs, embedder, tmp_path):
+    (docs / "gbk.txt").write_bytes("宿舍规定".encode("gbk"))
+    (docs / "empty.md").write_text("   \n")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("password=hunter2")
+    os.symlink(outside, docs / "link.txt")
+    retriever, report = build_index(docs, embedder=embedder, progress=False)
+    skipped = dict(report.load.skipped)
+    assert set(skipped) == {"gbk.txt", "empty.md", "broken.pdf", "link.txt"}
+    assert "not UTF-8" in skipped["gbk.txt"] and "outside" in skipped["link.txt"]
+    assert report.load.loaded == 4 and not any("hunter2" in c.text for c in retriever.chunks)
+
+
+def test_an_index_from_another_embedder_is_refused(docs, embedder, tmp_path):
+    build_index(docs, tmp_path / "idx", embedder=embedder, progress=False)
+    other = Embedder.__new__(Embedder)
+    other.name, other.model, other.query_prefix = "BAAI/bge-small-zh-v1.5", embedder.model, ""
+    with pytest.raises(UserError, match="built with embedder sentence-transformers/all-MiniLM-L6-v2"):
+        HybridRetriever.load(tmp_path / "idx", other)
+
+
+def test_pdf_docx_and_html_are_read(tmp_path, embedder):
+    import docx
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    d = docx.Document()
+    d.add_heading("Parking", level=1)
+    d.add_paragraph("Visitors park in lot B behind the main building.")
+    d.save(folder / "parking.docx")
+    (folder / "page.html").write_text("<html><script>var x=1;</script><h2>Wifi</h2><p>The wifi password is "
+                                      "on the card at reception.</p></html>", encoding="utf-8")
+    retriever, report = build_index(folder, embedder=embedder, progress=False)
+    assert report.load.loaded == 2
+    by_file = {c.file: c for c in retriever.chunks}
+    assert by_file["parking.docx"].heading == "Parking" and "lot B" in by_file["parking.docx"].text
+    assert by_file["page.html"].heading == "Wifi" and "var x" not in by_file["page.html"].text
+
+
+def test_build_index_script_reports_and_refuses_a_missing_folder(docs, tmp_path):
+    from tests.conftest import run_script
+
+    res = run_script("build_index.py", str(docs), "--index", str(tmp_path / "i"))
+    assert res.returncode == 0 and b"4 files added" in res.stderr
+    res = run_script("build_index.py", str(tmp_path / "nope"), "--index", str(tmp_path / "i"))
+    assert res.returncode == 2 and b"does not exist" in res.stderr
