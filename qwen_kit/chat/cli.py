@@ -31,12 +31,15 @@ class ChatConfig:
     max_new_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 0.8
-    top_k: int = 20
+    sample_top_k: int = 20
     repetition_penalty: float = 1.05
     greedy: bool = False
     seed: int | None = None
     max_context: int | None = None
     jsonl: bool = False
+    rag: str | None = None
+    top_k: int = 4
+    embedder: str | None = None
 
 
 def build_engine(cfg: ChatConfig) -> ChatEngine:
@@ -48,13 +51,25 @@ def build_engine(cfg: ChatConfig) -> ChatEngine:
             print(f"{DEFAULT_CHAT_MODEL} is not on this machine and the hub cannot be reached; "
                   "using the offline demo model (SmolLM2-135M-Instruct)", file=sys.stderr)
     loaded = load_model(name, LoadOptions(cfg.adapter, cfg.load_in_4bit, cfg.dtype, cfg.device, cfg.trust_remote_code))
-    settings = GenerationSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
-                                  cfg.repetition_penalty, cfg.greedy, cfg.seed)
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  top_k=cfg.sample_top_k, repetition_penalty=cfg.repetition_penalty,
+                                  greedy=cfg.greedy, seed=cfg.seed)
     if cfg.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {cfg.max_new_tokens}")
     max_context = cfg.max_context or min(4096, getattr(loaded.model.config, "max_position_embeddings", 4096))
+    context_fn = None
+    if cfg.rag:
+        from qwen_kit.chat.knowledge import KnowledgeContext
+        from qwen_kit.retrieval.hybrid import Embedder
+        from qwen_kit.retrieval.index import open_knowledge_base
+
+        retriever = open_knowledge_base(cfg.rag, Embedder(cfg.embedder))
+        # retrieved text may use up to 40% of the prompt budget; the dialogue keeps the rest
+        context_fn = KnowledgeContext(retriever, loaded.tokenizer, cfg.top_k,
+                                      max_tokens=int(0.4 * (max_context - cfg.max_new_tokens)))
+        print(f"knowledge base: {len(retriever.chunks)} chunks from {len(retriever.file_hashes)} files", file=sys.stderr)
     return ChatEngine(loaded.model, loaded.tokenizer, system=cfg.system, settings=settings,
-                      max_context=max_context, eos_token_ids=loaded.eos_token_ids)
+                      max_context=max_context, eos_token_ids=loaded.eos_token_ids, context_fn=context_fn)
 
 
 class ChatSession:
@@ -132,6 +147,9 @@ class ChatSession:
             self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
             self.out.write("\n")
+            files = list(dict.fromkeys(s["file"] for s in turn.extras.get("sources", [])))
+            if files:
+                self.out.write("sources: " + ", ".join(f"[{i}] {f}" for i, f in enumerate(files, start=1)) + "\n")
         self.out.flush()
 
     def emit_error(self, text: str, message: str) -> None:

@@ -1,0 +1,42 @@
+"""Knowledge-base answers: retrieved chunks, numbered, placed in the prompt within a budget."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from qwen_kit.chat.prompt import Round, count_tokens
+from qwen_kit.retrieval.hybrid import HybridRetriever
+
+INSTRUCTION = ("Answer the user's question using the numbered sources below. If they do not contain the "
+               "answer, say so. Cite the sources you use like [1].")
+
+
+class KnowledgeContext:
+    """``ChatEngine.context_fn`` for knowledge-base chat.
+
+    The search query is the new message plus the previous user message, so a follow-up such
+    as "and when does it close?" still finds the document the conversation is about.
+    """
+
+    def __init__(self, retriever: HybridRetriever, tokenizer: Any, top_k: int = 4, max_tokens: int = 1024):
+        self.retriever, self.tokenizer, self.top_k, self.max_tokens = retriever, tokenizer, top_k, max_tokens
+
+    def query(self, user_text: str, recent: Sequence[Round]) -> str:
+        return f"{recent[-1].user}\n{user_text}" if recent else user_text
+
+    def __call__(self, user_text: str, recent: Sequence[Round]) -> tuple[str, dict[str, Any]]:
+        hits = self.retriever.search(self.query(user_text, recent), k=self.top_k)
+        blocks, sources, used = [], [], count_tokens(self.tokenizer, INSTRUCTION)
+        for hit in hits:
+            c = hit.chunk
+            title = f"{c.file}" + (f" — {c.heading}" if c.heading else "")
+            block = f"[{len(blocks) + 1}] ({title})\n{c.text}"
+            n = count_tokens(self.tokenizer, block)
+            if used + n > self.max_tokens:
+                continue  # a lower-ranked, shorter chunk may still fit
+            blocks.append(block)
+            sources.append({"file": c.file, "chunk_id": c.id, "score": round(hit.score, 6)})
+            used += n
+        if not blocks:
+            return "", {"sources": []}
+        return INSTRUCTION + "\n\n" + "\n\n".join(blocks), {"sources": sources}

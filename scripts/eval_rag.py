@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""Evaluate knowledge-base retrieval (and optionally answers) on a QA file.
+
+    python scripts/eval_rag.py --docs data/knowledge --qa data/knowledge_qa.jsonl
+    python scripts/eval_rag.py --docs data/knowledge --qa data/knowledge_qa.jsonl --model demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from qwen_kit.errors import run_cli  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--docs", required=True, help="documents folder or saved index")
+    p.add_argument("--qa", required=True, help='JSON Lines: {"question", "answers": [...], "doc"}')
+    p.add_argument("--model", help="also score answers with this model, with and without retrieval")
+    p.add_argument("--embedder")
+    p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--out", default="output/rag_eval")
+    a = p.parse_args()
+
+    def job() -> None:
+        from pathlib import Path
+
+        from qwen_kit.retrieval.evaluate import read_qa, retrieval_metrics, write_report
+        from qwen_kit.retrieval.hybrid import Embedder
+        from qwen_kit.retrieval.index import open_knowledge_base
+
+        qa = read_qa(a.qa)
+        retriever = open_knowledge_base(a.docs, Embedder(a.embedder))
+        metrics = retrieval_metrics(retriever, qa)
+        answers = None
+        if a.model:
+            from qwen_kit.chat.engine import ChatEngine, GenerationSettings
+            from qwen_kit.chat.knowledge import KnowledgeContext
+            from qwen_kit.retrieval.evaluate import answer_accuracy
+            from qwen_kit.model import load_model
+
+            lm = load_model(a.model)
+            settings = GenerationSettings(max_new_tokens=96, greedy=True)
+            plain = lambda: ChatEngine(lm.model, lm.tokenizer, settings=settings, eos_token_ids=lm.eos_token_ids)  # noqa: E731
+            rag = lambda: ChatEngine(lm.model, lm.tokenizer, settings=settings, eos_token_ids=lm.eos_token_ids,  # noqa: E731
+                                     context_fn=KnowledgeContext(retriever, lm.tokenizer, a.top_k))
+            answers = {"without retrieval": answer_accuracy(plain, qa), "with retrieval": answer_accuracy(rag, qa)}
+        report = write_report(Path(a.out), metrics, answers)
+        print(report.read_text(encoding="utf-8"))
+
+    run_cli(job, prog="eval_rag.py")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Knowledge-base chat: sources in the output, follow-ups, the prompt budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qwen_kit.chat.engine import ChatEngine, GenerationSettings
+from qwen_kit.chat.knowledge import KnowledgeContext
+from qwen_kit.chat.prompt import Round, count_tokens
+from qwen_kit.retrieval.hybrid import Embedder
+from qwen_kit.retrieval.index import build_index
+from tests.conftest import ROOT, run_script
+
+KB = ROOT / "data" / "knowledge"
+
+
+@pytest.fixture(scope="module")
+def kb():
+    return build_index(KB, embedder=Embedder(), progress=False)[0]
+
+
+def test_chat_jsonl_turns_carry_the_right_sources(tiny_qwen_dir):
+    res = run_script("chat.py", "--model", str(tiny_qwen_dir), "--greedy", "--max-new-tokens", "4", "--jsonl",
+                     "--rag", str(KB), "--top-k", "3",
+                     input="When does the library close on weekdays?\n宿舍晚上几点关门？\n")
+    assert res.returncode == 0, res.stderr.decode()[-1500:]
+    first, second = [json.loads(line) for line in res.stdout.decode().splitlines()]
+    assert first["sources"][0]["file"] == "library.md"
+    assert second["sources"][0]["file"] == "宿舍管理规定.md"
+    assert set(first["sources"][0]) == {"file", "chunk_id", "score"}
+
+
+def test_plain_output_lists_sources_after_the_answer(tiny_qwen_dir):
+    res = run_script("chat.py", "--model", str(tiny_qwen_dir), "--greedy", "--max-new-tokens", "4",
+                     "--rag", str(KB), input="How many free printed pages do students get?\n")
+    assert res.returncode == 0 and "sources: [1] it_help.md" in res.stdout.decode()
+
+
+def test_a_follow_up_question_still_finds_its_document(kb, tiny):
+    ctx = KnowledgeContext(kb, tiny.tokenizer, top_k=2)
+    recent = [Round("When does Linden Hall Library open on weekdays?", "At 8:30 am.")]
+    _, extras = ctx("And when does it close on Saturdays?", recent)
+    assert extras["sources"][0]["file"] == "library.md"
+
+
+def test_retrieved_text_stays_within_its_budget_and_reaches_the_prompt(kb, tiny):
+    ctx = KnowledgeContext(kb, tiny.tokenizer, top_k=6, max_tokens=400)
+    text, extras = ctx("What is the campus Wi-Fi called?", [])
+    assert count_tokens(tiny.tokenizer, text) <= 400 and "[1]" in text and "[6]" not in text
+    engine = ChatEngine(tiny.model, tiny.tokenizer, settings=GenerationSettings(max_new_tokens=2, greedy=True),
+                        context_fn=ctx, eos_token_ids=tiny.eos_token_ids)
+    turn = engine.start_turn("What is the campus Wi-Fi called?")
+    assert "Linden-Secure" in turn.prompt and turn.extras["sources"] == extras["sources"]
