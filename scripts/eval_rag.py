@@ -46,9 +46,14 @@ def main() -> None:
             lm = load_model(a.model)
             settings = GenerationSettings(max_new_tokens=96, greedy=True)
             plain = lambda: ChatEngine(lm.model, lm.tokenizer, settings=settings, eos_token_ids=lm.eos_token_ids)  # noqa: E731
-            rag = lambda: ChatEngine(lm.model, lm.tokenizer, settings=settings, eos_token_ids=lm.eos_token_ids,  # noqa: E731
-                                     context_fn=KnowledgeContext(retriever, lm.tokenizer, a.top_k))
-            answers = {"without retrieval": answer_accuracy(plain, qa), "with retrieval": answer_accuracy(rag, qa)}
+            def rag(placement: str):
+                return lambda: ChatEngine(lm.model, lm.tokenizer, settings=settings, eos_token_ids=lm.eos_token_ids,
+                                          context_fn=KnowledgeContext(retriever, lm.tokenizer, a.top_k),
+                                          context_placement=placement)
+
+            answers = {"without retrieval": answer_accuracy(plain, qa),
+                       "with retrieval, sources in the system message": answer_accuracy(rag("system"), qa),
+                       "with retrieval, sources quoted in the user turn": answer_accuracy(rag("user"), qa)}
         report = write_report(Path(a.out), metrics, answers)
         print(report.read_text(encoding="utf-8"))
 

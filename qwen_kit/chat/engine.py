@@ -176,6 +176,7 @@ class ChatEngine:
     eos_token_ids: list[int] = field(default_factory=list)
     on_evict: Callable[[list[Round]], None] | None = None
     context_fn: Callable[[str, list[Round]], tuple[str, dict[str, Any]]] | None = None
+    context_placement: str = "system"  # or "user": retrieved text quoted before the question
     rounds: list[Round] = field(default_factory=list)
     window_start: int = 0  # rounds before this index have left the prompt for good
 
@@ -211,13 +212,15 @@ class ChatEngine:
 
     def start_turn(self, user_text: str) -> Turn:
         """Prepare the prompt for ``user_text`` (trimming old rounds) and return the Turn to stream."""
-        system, extras = self.system, {}
+        system, extras, message = self.system, {}, user_text
         if self.context_fn is not None:
             extra_text, extras = self.context_fn(user_text, self.rounds[self.window_start:])
-            if extra_text:
+            if extra_text and self.context_placement == "user":
+                message = f"{extra_text}\n\nQuestion: {user_text}"
+            elif extra_text:
                 system = f"{system}\n\n{extra_text}" if system else extra_text
         window = self.rounds[self.window_start:]
-        first, prompt, n = fit_rounds(self.tokenizer, system, window, user_text, self.budget)
+        first, prompt, n = fit_rounds(self.tokenizer, system, window, message, self.budget)
         if first:
             evicted = window[:first]
             self.window_start += first

@@ -53,3 +53,15 @@ def test_retrieved_text_stays_within_its_budget_and_reaches_the_prompt(kb, tiny)
                         context_fn=ctx, eos_token_ids=tiny.eos_token_ids)
     turn = engine.start_turn("What is the campus Wi-Fi called?")
     assert "Linden-Secure" in turn.prompt and turn.extras["sources"] == extras["sources"]
+
+
+def test_sources_can_be_quoted_in_the_user_turn_instead(kb, tiny):
+    ctx = KnowledgeContext(kb, tiny.tokenizer, top_k=2, max_tokens=400)
+    engine = ChatEngine(tiny.model, tiny.tokenizer, settings=GenerationSettings(max_new_tokens=2, greedy=True),
+                        context_fn=ctx, eos_token_ids=tiny.eos_token_ids, context_placement="user")
+    turn = engine.start_turn("What is the campus Wi-Fi called?")
+    user_block = turn.prompt.split("<|im_start|>user\n")[-1]
+    assert "Linden-Secure" in user_block and user_block.rstrip().endswith(
+        "Question: What is the campus Wi-Fi called?<|im_end|>\n<|im_start|>assistant")
+    turn.run()
+    assert engine.rounds[-1].user == "What is the campus Wi-Fi called?"  # history keeps the user's own words

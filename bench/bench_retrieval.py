@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Retrieval speed: index build vs the embedder's raw encode, and hybrid query latency.
+
+    python bench/bench_retrieval.py --text ../shared/data/wiki_demo.txt --build-chunks 2000 --sizes 10000 100000
+
+Build: the same texts go through the embedder alone and through HybridRetriever.add (BM25
+segmentation + embedding + FAISS), side by side. Latency: corpora of N chunks cut from the text;
+BM25 is real; the FAISS vectors of the large corpora are random unit vectors (a flat
+inner-product search costs the same whatever the numbers are), so building a 100k index does
+not take half an hour of embedding on 2 cores. Each query includes embedding the query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--text", required=True)
+    ap.add_argument("--build-chunks", type=int, default=2000)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
+    ap.add_argument("--queries", type=int, default=100)
+    args = ap.parse_args()
+
+    import numpy as np
+
+    from qwen_kit.retrieval.chunking import Chunk, split_sentences
+    from qwen_kit.retrieval.hybrid import Embedder, HybridRetriever
+
+    sentences = [s for s in split_sentences(Path(args.text).read_text(encoding="utf-8")) if len(s) > 40]
+    def make(n: int) -> list[Chunk]:
+        return [Chunk(f"doc{i // 50}.txt#{i}", f"doc{i // 50}.txt", i % 50, "",
+                      " ".join(sentences[(i * 3 + j) % len(sentences)] for j in range(3))) for i in range(n)]
+
+    emb = Embedder()
+    chunks = make(args.build_chunks)
+    texts = [c.text for c in chunks]
+    emb.encode(texts[:64])  # warm-up
+    t0 = time.perf_counter()
+    emb.encode(texts)
+    raw = len(texts) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    r = HybridRetriever(emb)
+    r.add(chunks)
+    r.search("warm up the indexes", k=5)
+    built = len(texts) / (time.perf_counter() - t0)
+    print(f"machine: {os.cpu_count()} cores; embedder all-MiniLM-L6-v2 on CPU; chunks of 3 sentences from {args.text}")
+    print(f"| index build ({args.build_chunks} chunks) | chunks/s |\n| --- | --- |")
+    print(f"| embedder.encode alone | {raw:.0f} |\n| HybridRetriever.add + first search (BM25 + embed + FAISS) | {built:.0f} |")
+    print(f"ratio {built / raw:.2f} (goal >= 0.8)\n")
+
+    rng = np.random.default_rng(0)
+    queries = [" ".join(s.split()[:8]) for s in rng.choice(sentences, args.queries)]
+    print("| chunks | hybrid p50 ms | hybrid p95 ms | bm25 p50 ms | dense p50 ms |\n| --- | --- | --- | --- | --- |")
+    for n in args.sizes:
+        big = make(n)
+        vecs = rng.standard_normal((n, emb.dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        r = HybridRetriever(emb)
+        r.add(big, vectors=vecs)
+        r.search("warm up", k=5)
+        timings = {"hybrid": [], "bm25": [], "dense": []}
+        for q in queries:
+            for mode in timings:
+                t0 = time.perf_counter()
+                r.search(q, k=5, mode=mode)
+                timings[mode].append((time.perf_counter() - t0) * 1000)
+        p = {m: np.percentile(v, [50, 95]) for m, v in timings.items()}
+        print(f"| {n:,} | {p['hybrid'][0]:.1f} | {p['hybrid'][1]:.1f} | {p['bm25'][0]:.1f} | {p['dense'][0]:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
