@@ -89,12 +89,18 @@ def test_download_without_any_client_says_what_to_install(autodl, tmp_path):
     assert res.returncode == 2 and b"pip install modelscope" in res.stderr
 
 
+def _make_dry_run(*args: str) -> str:
+    """The sft.py launch line that `make -n` prints (outside any parent make's environment)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True,
+                         check=True, env=env).stdout
+    return next(line for line in out.splitlines() if "scripts/sft.py" in line)
+
+
 @pytest.mark.parametrize("gpus", ["6", "2"])
 def test_make_autodl_lora_launches_one_process_per_gpu(gpus):
-    out = subprocess.run(["make", "-n", "autodl-lora", f"GPUS={gpus}", "MODEL=qwen2.5-3b"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    out = _make_dry_run("autodl-lora", f"GPUS={gpus}", "MODEL=qwen2.5-3b")
     assert "torchrun" in out and f"--nproc_per_node={gpus}" in out
     assert "scripts/sft.py --config configs/lora_qwen2.5_3b.yaml" in out
-    single = subprocess.run(["make", "-n", "autodl-lora", "GPUS=1"], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.strip().splitlines()[-1]
+    single = _make_dry_run("autodl-lora", "GPUS=1")
     assert "torchrun" not in single and "configs/lora_qwen2.5_1.5b.yaml" in single
