@@ -153,10 +153,15 @@ class HybridRetriever:
         return [(int(d), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
 
     def search_dense(self, query: str, k: int) -> list[tuple[int, float]]:
+        import faiss
+
         self._ensure()
         if not self.chunks:
             return []
         q = self.embedder.encode([query], query=True)
+        # One query is too little work to split: FAISS's OpenMP team then only fights torch's
+        # threads (3x slower on 2 cores, docs/benchmarks.md).
+        faiss.omp_set_num_threads(1)
         scores, idx = self._faiss.search(q, min(k, len(self.chunks)))
         return [(int(i), float(s)) for i, s in zip(idx[0], scores[0]) if i >= 0]
 
