@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> ChatConfig:
     k.add_argument("--rag", metavar="DOCS_OR_INDEX", help="answer from a documents folder or a saved index")
     k.add_argument("--top-k", type=int, default=d.top_k, help="chunks retrieved per question")
     k.add_argument("--embedder", help="sentence-transformers model (default: bundled all-MiniLM-L6-v2)")
+    k.add_argument("--context-in", default=d.context_in, choices=["user", "system"],
+                   help="where retrieved text goes: quoted in the user turn (scored best, docs/knowledge.md) "
+                        "or the system message")
     p.add_argument("--jsonl", action="store_true", help="print one JSON object per turn")
     a = p.parse_args(argv)
     return ChatConfig(**{k: v for k, v in vars(a).items()})

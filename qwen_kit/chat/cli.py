@@ -40,6 +40,7 @@ class ChatConfig:
     rag: str | None = None
     top_k: int = 4
     embedder: str | None = None
+    context_in: str = "user"
 
 
 def build_engine(cfg: ChatConfig) -> ChatEngine:
@@ -69,7 +70,8 @@ def build_engine(cfg: ChatConfig) -> ChatEngine:
                                       max_tokens=int(0.4 * (max_context - cfg.max_new_tokens)))
         print(f"knowledge base: {len(retriever.chunks)} chunks from {len(retriever.file_hashes)} files", file=sys.stderr)
     return ChatEngine(loaded.model, loaded.tokenizer, system=cfg.system, settings=settings,
-                      max_context=max_context, eos_token_ids=loaded.eos_token_ids, context_fn=context_fn)
+                      max_context=max_context, eos_token_ids=loaded.eos_token_ids, context_fn=context_fn,
+                      context_placement=cfg.context_in)
 
 
 class ChatSession:
