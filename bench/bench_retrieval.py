@@ -43,14 +43,22 @@ def main() -> None:
     chunks = make(args.build_chunks)
     texts = [c.text for c in chunks]
     emb.encode(texts[:64])  # warm-up
-    t0 = time.perf_counter()
-    emb.encode(texts)
-    raw = len(texts) / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    r = HybridRetriever(emb)
-    r.add(chunks)
-    r.search("warm up the indexes", k=5)
-    built = len(texts) / (time.perf_counter() - t0)
+
+    def time_raw() -> float:
+        t0 = time.perf_counter()
+        emb.encode(texts)
+        return len(texts) / (time.perf_counter() - t0)
+
+    def time_build() -> float:
+        t0 = time.perf_counter()
+        r = HybridRetriever(emb)
+        r.add(chunks)
+        r.search("warm up the indexes", k=5)
+        return len(texts) / (time.perf_counter() - t0)
+
+    # alternate, best of two each: neither side pays the other's warm-up
+    raw_a, built_a, built_b, raw_b = time_raw(), time_build(), time_build(), time_raw()
+    raw, built = max(raw_a, raw_b), max(built_a, built_b)
     print(f"machine: {os.cpu_count()} cores; embedder all-MiniLM-L6-v2 on CPU; chunks of 3 sentences from {args.text}")
     print(f"| index build ({args.build_chunks} chunks) | chunks/s |\n| --- | --- |")
     print(f"| embedder.encode alone | {raw:.0f} |\n| HybridRetriever.add + first search (BM25 + embed + FAISS) | {built:.0f} |")
@@ -59,11 +67,12 @@ def main() -> None:
     rng = np.random.default_rng(0)
     queries = [" ".join(s.split()[:8]) for s in rng.choice(sentences, args.queries)]
     print("| chunks | hybrid p50 ms | hybrid p95 ms | bm25 p50 ms | dense p50 ms |\n| --- | --- | --- | --- | --- |")
-    for n in args.sizes:
+    runs = [(n, "flat") for n in args.sizes] + [(n, "hnsw") for n in args.sizes if n >= 50000]
+    for n, kind in runs:
         big = make(n)
         vecs = rng.standard_normal((n, emb.dim)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        r = HybridRetriever(emb)
+        r = HybridRetriever(emb, index_type=kind)
         r.add(big, vectors=vecs)
         r.search("warm up", k=5)
         timings = {"hybrid": [], "bm25": [], "dense": []}
@@ -73,7 +82,7 @@ def main() -> None:
                 r.search(q, k=5, mode=mode)
                 timings[mode].append((time.perf_counter() - t0) * 1000)
         p = {m: np.percentile(v, [50, 95]) for m, v in timings.items()}
-        print(f"| {n:,} | {p['hybrid'][0]:.1f} | {p['hybrid'][1]:.1f} | {p['bm25'][0]:.1f} | {p['dense'][0]:.1f} |")
+        print(f"| {n:,} ({kind}) | {p['hybrid'][0]:.1f} | {p['hybrid'][1]:.1f} | {p['bm25'][0]:.1f} | {p['dense'][0]:.1f} |")
 
 
 if __name__ == "__main__":
