@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,8 +21,11 @@ T = TypeVar("T")
 
 
 def _base_type(tp: Any) -> Any:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return _base_type(args[0]) if args and typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else tp
+    """``int | None`` -> ``int``; other types unchanged."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    return tp
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -33,7 +37,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        if tp is bool:
+        if tp is bool and f.name.startswith("no_"):  # already a negation: a plain switch, no --no-no-...
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
+        elif tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(tp) is list:
             parser.add_argument(flag, nargs="+", default=None, help=help_text)

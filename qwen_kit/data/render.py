@@ -8,6 +8,7 @@ a target (nothing precedes it), which keeps packed and unpacked losses identical
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -91,8 +92,7 @@ class TemplateRenderer:
 
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                                 extensions=[jinja2.ext.loopcontrols])
-            env.filters["tojson"] = lambda x, indent=None, **_: __import__("json").dumps(x, ensure_ascii=False,
-                                                                                         indent=indent)
+            env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
             env.globals["raise_exception"] = self._raise
             self._compiled = env.from_string(tokenizer.chat_template)
             self._extra = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}

@@ -198,8 +198,7 @@ class HybridRetriever:
         import faiss
 
         folder.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(faiss.IndexFlatIP(self.vectors.shape[1]) if not len(self.vectors) else _flat(self.vectors),
-                          str(folder / "vectors.faiss"))
+        faiss.write_index(_flat(self.vectors), str(folder / "vectors.faiss"))
         with open(folder / "chunks.jsonl", "w", encoding="utf-8") as f:
             for c, t in zip(self.chunks, self.tokens):
                 f.write(json.dumps({**asdict(c), "tokens": t}, ensure_ascii=False) + "\n")
@@ -235,7 +234,8 @@ def _flat(vectors: np.ndarray):
     import faiss
 
     index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
+    if len(vectors):
+        index.add(vectors)
     return index
 
 
