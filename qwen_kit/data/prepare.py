@@ -40,9 +40,9 @@ class TokenizedData:
 
 def _fingerprint(source: str, tokenizer: Any, opts: RenderOptions) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{json.dumps(asdict(opts), sort_keys=True)}".encode())
-    from qwen_kit.data.read import _locate
+    from qwen_kit.data.read import locate_data
 
-    path = _locate(source)
+    path = locate_data(source)
     if path.is_file():
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):

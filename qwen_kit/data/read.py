@@ -95,7 +95,7 @@ class _BadRow:
         self.reason = reason
 
 
-def _locate(source: str) -> Path:
+def locate_data(source: str) -> Path:
     """A bare file name (``train.csv``) is also looked for in the platform's data folders."""
     path = Path(source).expanduser()
     if path.exists() or len(path.parts) != 1:
@@ -110,7 +110,7 @@ def _locate(source: str) -> Path:
 
 def iter_rows(source: str) -> Iterator[tuple[int, Any]]:
     """Yield ``(row_number, row)`` from a file, a saved dataset folder or a hub dataset id."""
-    path = _locate(source)
+    path = locate_data(source)
     if path.is_dir():
         if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
             raise UserError(f"{path} is a folder but not a saved dataset (no dataset_info.json); pass a data file")

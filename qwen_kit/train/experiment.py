@@ -4,7 +4,6 @@ write a results table (Markdown + CSV) and plots (loss curves, final eval loss).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,7 +107,3 @@ def write_report(root: Path, name: str, rows: list[dict], histories: dict[str, l
     fig.tight_layout()
     fig.savefig(root / "final_eval_loss.png", dpi=120)
     plt.close(fig)
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
