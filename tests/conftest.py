@@ -55,3 +55,11 @@ def run_script(script: str, *args: str, input: bytes | str | None = None, env: d
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], input=input,
                           capture_output=True, timeout=timeout, env=full_env, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The bundled all-MiniLM-L6-v2 sentence embedder."""
+    from qwen_kit.retrieval.hybrid import Embedder
+
+    return Embedder()

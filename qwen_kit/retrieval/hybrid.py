@@ -3,8 +3,9 @@
 One retriever serves both the knowledge base and (later) long-term memory.
 
 - BM25: Chinese runs are segmented with jieba (``lcut_for_search``); BM25 libraries' own
-  tokenizers would turn an unspaced Chinese sentence into a single token. Scoring uses bm25s
-  on the pre-segmented tokens (rank-bm25 is kept in the tests as the reference ranking).
+  tokenizers would turn an unspaced Chinese sentence into a single token. Scoring uses the
+  incremental :class:`~qwen_kit.retrieval.bm25.BM25Index` on the pre-segmented tokens, so
+  adding a memory per turn does not re-index everything (rank-bm25 is the tests' oracle).
 - Dense: sentence-transformers embeddings, L2-normalised, in FAISS ``IndexFlatIP`` (exact
   cosine); ``index_type="hnsw"`` for indexes past ~1e5 chunks.
 - Fusion: reciprocal rank fusion (k=60) by default, or a weighted sum of min-max scores.
@@ -22,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qwen_kit.errors import UserError
+from qwen_kit.retrieval.bm25 import BM25Index
 from qwen_kit.retrieval.chunking import Chunk
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
@@ -101,10 +103,20 @@ class HybridRetriever:
         self.embedder, self.fusion, self.weight, self.index_type = embedder, fusion, weight, index_type
         self.chunks: list[Chunk] = []
         self.tokens: list[list[str]] = []
-        self.vectors = np.zeros((0, embedder.dim), dtype=np.float32)
+        self._vector_parts: list[np.ndarray] = [np.zeros((0, embedder.dim), dtype=np.float32)]
         self.file_hashes: dict[str, str] = {}
         self._bm25 = None
         self._faiss = None
+
+    @property
+    def vectors(self) -> np.ndarray:
+        if len(self._vector_parts) > 1:
+            self._vector_parts = [np.concatenate(self._vector_parts)]
+        return self._vector_parts[0]
+
+    @vectors.setter
+    def vectors(self, value: np.ndarray) -> None:
+        self._vector_parts = [np.asarray(value, dtype=np.float32)]
 
     # -- building ---------------------------------------------------------------------------
     def add(self, chunks: Sequence[Chunk], vectors: np.ndarray | None = None, progress: bool = False) -> None:
@@ -112,10 +124,16 @@ class HybridRetriever:
             return
         if vectors is None:
             vectors = self.embedder.encode([_embed_text(c) for c in chunks], progress=progress)
+        tokens = [bm25_tokens(f"{c.heading} {c.text}") for c in chunks]
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.chunks += list(chunks)
-        self.tokens += [bm25_tokens(f"{c.heading} {c.text}") for c in chunks]
-        self.vectors = np.concatenate([self.vectors, vectors.astype(np.float32)])
-        self._bm25 = self._faiss = None
+        self.tokens += tokens
+        self._vector_parts.append(vectors)
+        # both indexes grow in place: adding one memory per turn costs only that memory
+        if self._bm25 is not None:
+            self._bm25.add(tokens)
+        if self._faiss is not None:
+            self._faiss.add(vectors)
 
     def remove_files(self, files: set[str]) -> None:
         keep = [i for i, c in enumerate(self.chunks) if c.file not in files]
@@ -128,10 +146,8 @@ class HybridRetriever:
 
     def _ensure(self) -> None:
         if self._bm25 is None and self.chunks:
-            import bm25s
-
-            self._bm25 = bm25s.BM25(method="robertson")
-            self._bm25.index(self.tokens, show_progress=False)
+            self._bm25 = BM25Index()
+            self._bm25.add(self.tokens)
         if self._faiss is None and self.chunks:
             import faiss
 
@@ -149,8 +165,7 @@ class HybridRetriever:
         tokens = bm25_tokens(query)
         if not self.chunks or not tokens:
             return []
-        docs, scores = self._bm25.retrieve([tokens], k=min(k, len(self.chunks)), show_progress=False)
-        return [(int(d), float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
+        return self._bm25.top(tokens, k)
 
     def search_dense(self, query: str, k: int) -> list[tuple[int, float]]:
         import faiss
@@ -160,9 +175,15 @@ class HybridRetriever:
             return []
         q = self.embedder.encode([query], query=True)
         # One query is too little work to split: FAISS's OpenMP team then only fights torch's
-        # threads (3x slower on 2 cores, docs/benchmarks.md).
+        # threads (3x slower on 2 cores, docs/benchmarks.md). FAISS and torch share one OpenMP
+        # runtime, so the setting is put back afterwards: left at 1, it silently halved the
+        # speed of the next query embedding and of the chat model's generation.
+        threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
-        scores, idx = self._faiss.search(q, min(k, len(self.chunks)))
+        try:
+            scores, idx = self._faiss.search(q, min(k, len(self.chunks)))
+        finally:
+            faiss.omp_set_num_threads(threads)
         return [(int(i), float(s)) for i, s in zip(idx[0], scores[0]) if i >= 0]
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", pool: int = 50) -> list[Hit]:

@@ -20,11 +20,6 @@ DOCS = {
 }
 
 
-@pytest.fixture(scope="module")
-def embedder():
-    return Embedder()
-
-
 @pytest.fixture
 def docs(tmp_path):
     folder = tmp_path / "docs"
