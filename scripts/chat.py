@@ -4,6 +4,7 @@
     python scripts/chat.py                          # Qwen2.5-0.5B-Instruct, or the offline demo model
     python scripts/chat.py --model demo --greedy
     printf 'Hi\nWhat did I just say?\n' | python scripts/chat.py --model demo --jsonl
+    python scripts/chat.py --persona data/personas/lighthouse_keeper.yaml --memory --user alice
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from qwen_kit.errors import run_cli  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> ChatConfig:
     d = ChatConfig()
-    p = argparse.ArgumentParser(description="Multi-turn streaming chat. Commands: /reset /history /save FILE /exit")
+    p = argparse.ArgumentParser(description="Multi-turn streaming chat. Commands: /reset /history /save FILE /memories [QUERY] /forget ID|all /exit")
     m = p.add_argument_group("model")
     m.add_argument("--model", help="folder, hub id, platform model name, or 'demo' "
                    "(default: Qwen/Qwen2.5-0.5B-Instruct when available, else demo)")
@@ -46,6 +47,15 @@ def parse_args(argv: list[str] | None = None) -> ChatConfig:
     k.add_argument("--context-in", default=d.context_in, choices=["user", "system"],
                    help="where retrieved text goes: quoted in the user turn (scored best, docs/knowledge.md) "
                         "or the system message")
+    v = p.add_argument_group("persona and long-term memory")
+    v.add_argument("--persona", metavar="FILE", help="persona YAML/JSON or a Character Card V2 (data/personas/)")
+    v.add_argument("--persona-layout", default=d.persona_layout, choices=["second", "fields"],
+                   help="persona as prose addressed to the model, or as labelled card fields")
+    v.add_argument("--memory", action="store_true",
+                   help="keep rounds that leave the context in chat_history.txt and recall them later")
+    v.add_argument("--memory-file", help="memory file (default: chat_history.txt in the platform's working folder)")
+    v.add_argument("--user", default=d.user, help="whose memories these are; each user's are kept apart")
+    v.add_argument("--memory-top-k", type=int, default=d.memory_top_k, help="memories recalled per turn")
     p.add_argument("--jsonl", action="store_true", help="print one JSON object per turn")
     a = p.parse_args(argv)
     return ChatConfig(**{k: v for k, v in vars(a).items()})

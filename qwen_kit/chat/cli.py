@@ -14,7 +14,7 @@ from qwen_kit.errors import UserError
 from qwen_kit.model import DEMO, LoadOptions, load_model
 from qwen_kit.model.resolve import DEFAULT_CHAT_MODEL, default_chat_model
 
-COMMANDS_HELP = "/reset  /history  /save FILE  /exit"
+COMMANDS_HELP = "/reset  /history  /save FILE  /memories [QUERY]  /forget ID|all  /exit"
 
 
 @dataclass
@@ -41,10 +41,36 @@ class ChatConfig:
     top_k: int = 4
     embedder: str | None = None
     context_in: str = "user"
+    persona: str | None = None
+    persona_layout: str = "second"
+    memory: bool = False
+    memory_file: str | None = None
+    user: str = "default"
+    memory_top_k: int = 3
 
 
-def build_engine(cfg: ChatConfig) -> ChatEngine:
-    """Load the model named in ``cfg`` and wrap it in a :class:`ChatEngine`."""
+@dataclass
+class Chat:
+    """A ready conversation: the engine plus the optional persona and long-term memory."""
+
+    engine: ChatEngine
+    memory: Any = None  # qwen_kit.chat.memory.LongTermMemory
+    persona: Any = None  # qwen_kit.chat.persona.Persona
+
+    def close(self) -> None:
+        """End of session: rounds still in the prompt go to long-term memory too."""
+        if self.memory is not None:
+            self.engine.release_window()
+            self.memory.save_index()
+
+
+def build_chat(cfg: ChatConfig) -> Chat:
+    """Load the model named in ``cfg`` and set up the conversation it describes."""
+    persona = None
+    if cfg.persona:  # read first: a broken persona file should fail before a model loads
+        from qwen_kit.chat.persona import load_persona
+
+        persona = load_persona(cfg.persona)
     name = cfg.model
     if name is None:
         name = default_chat_model()
@@ -58,28 +84,80 @@ def build_engine(cfg: ChatConfig) -> ChatEngine:
     if cfg.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {cfg.max_new_tokens}")
     max_context = cfg.max_context or min(4096, getattr(loaded.model.config, "max_position_embeddings", 4096))
-    context_fn = None
-    if cfg.rag:
-        from qwen_kit.chat.knowledge import KnowledgeContext
+    budget = max_context - cfg.max_new_tokens
+    embedder = None
+    if cfg.rag or cfg.memory or (persona and persona.documents):
         from qwen_kit.retrieval.hybrid import Embedder
-        from qwen_kit.retrieval.index import open_knowledge_base
 
-        retriever = open_knowledge_base(cfg.rag, Embedder(cfg.embedder))
+        embedder = Embedder(cfg.embedder)
+    user_name = cfg.user if cfg.user != "default" else "User"
+    sources: list[Any] = []
+    system = cfg.system
+    if persona is not None:
+        from qwen_kit.chat.persona import PersonaContext
+
+        if system is None:
+            system = persona.system_message(user_name, cfg.persona_layout)
+        sources.append(PersonaContext(persona, user_name))
+        if persona.documents:
+            sources.append(_knowledge(persona.documents, embedder, loaded.tokenizer, cfg.top_k, int(0.25 * budget)))
+    if cfg.rag:
         # retrieved text may use up to 40% of the prompt budget; the dialogue keeps the rest
-        context_fn = KnowledgeContext(retriever, loaded.tokenizer, cfg.top_k,
-                                      max_tokens=int(0.4 * (max_context - cfg.max_new_tokens)))
-        print(f"knowledge base: {len(retriever.chunks)} chunks from {len(retriever.file_hashes)} files", file=sys.stderr)
-    return ChatEngine(loaded.model, loaded.tokenizer, system=cfg.system, settings=settings,
-                      max_context=max_context, eos_token_ids=loaded.eos_token_ids, context_fn=context_fn,
-                      context_placement=cfg.context_in)
+        sources.append(_knowledge([cfg.rag], embedder, loaded.tokenizer, cfg.top_k, int(0.4 * budget)))
+    memory = None
+    if cfg.memory:
+        from qwen_kit.chat.memory import DEFAULT_FILE, LongTermMemory
+        from platforms import current_platform
+
+        path = cfg.memory_file or str(current_platform().working_dir() / DEFAULT_FILE)
+        memory = LongTermMemory(path, embedder, loaded.tokenizer, user=cfg.user, top_k=cfg.memory_top_k,
+                                max_tokens=int(0.25 * budget))
+        print(f"long-term memory: {len(memory.records)} rounds of user {cfg.user!r} in {memory.file.path}",
+              file=sys.stderr)
+        sources.append(memory)
+    from qwen_kit.chat.engine import combine_contexts
+
+    engine = ChatEngine(loaded.model, loaded.tokenizer, system=system, settings=settings,
+                        max_context=max_context, eos_token_ids=loaded.eos_token_ids,
+                        context_fn=combine_contexts(*sources), context_placement=cfg.context_in,
+                        on_evict=memory.remember if memory is not None else None)
+    if persona is not None and (opening := persona.opening(user_name)) is not None:
+        engine.rounds.append(opening)
+    return Chat(engine, memory, persona)
+
+
+def _knowledge(paths: list[str], embedder: Any, tokenizer: Any, top_k: int, max_tokens: int) -> Any:
+    from qwen_kit.chat.knowledge import KnowledgeContext
+    from qwen_kit.retrieval.index import open_knowledge_base
+
+    retrievers = [open_knowledge_base(p, embedder) for p in paths]
+    retriever = retrievers[0]
+    for other in retrievers[1:]:  # a persona may list several folders or files
+        retriever.add(other.chunks, other.vectors)
+        retriever.file_hashes.update(other.file_hashes)
+    print(f"knowledge base: {len(retriever.chunks)} chunks from {len(retriever.file_hashes)} files", file=sys.stderr)
+    return KnowledgeContext(retriever, tokenizer, top_k, max_tokens=max_tokens)
 
 
 class ChatSession:
     """Drives an engine from lines of text: commands, turns, output formats."""
 
-    def __init__(self, engine: ChatEngine, out: IO[str], jsonl: bool, interactive: bool):
-        self.engine, self.out, self.jsonl, self.interactive = engine, out, jsonl, interactive
+    def __init__(self, chat: Chat | ChatEngine, out: IO[str], jsonl: bool, interactive: bool):
+        self.chat = chat if isinstance(chat, Chat) else Chat(chat)
+        self.engine, self.memory = self.chat.engine, self.chat.memory
+        self.out, self.jsonl, self.interactive = out, jsonl, interactive
         self.failed_turns = 0
+
+    def greet(self) -> None:
+        """Show the persona's greeting, which opens the conversation."""
+        rounds = self.engine.rounds
+        if rounds and not rounds[0].user:
+            if self.jsonl:
+                self.out.write(json.dumps({"assistant": rounds[0].assistant, "greeting": True}, ensure_ascii=False) + "\n")
+            else:
+                self.out.write((f"{self.chat.persona.name}> " if self.interactive and self.chat.persona else "")
+                               + rounds[0].assistant + "\n")
+            self.out.flush()
 
     def handle(self, line: str) -> bool:
         """Process one input line; returns False when the session should end."""
@@ -96,8 +174,11 @@ class ChatSession:
         if name in ("/exit", "/quit"):
             return False
         if name == "/reset":
+            kept = len(self.engine.in_prompt()) if self.memory is not None else 0
             self.engine.reset()
-            self.info("conversation cleared")
+            self.info("conversation cleared" + (f"; {kept} rounds kept in long-term memory" if kept else ""))
+        elif name in ("/memories", "/forget"):
+            self.memory_command(name, arg.strip())
         elif name == "/history":
             for i, r in enumerate(self.engine.rounds):
                 mark = "  " if i >= self.engine.window_start else "- "  # "-": no longer in the prompt
@@ -109,6 +190,28 @@ class ChatSession:
         else:
             self.info(f"unknown command {name}; commands: {COMMANDS_HELP}")
         return True
+
+    def memory_command(self, name: str, arg: str) -> None:
+        if self.memory is None:
+            self.info(f"{name} needs long-term memory: start the chat with --memory")
+            return
+        if name == "/forget":
+            try:
+                n = self.memory.forget(arg)
+            except UserError as err:
+                self.info(str(err))
+                return
+            self.info(f"forgot {n} memor{'y' if n == 1 else 'ies'}")
+            return
+        records = self.memory.listing(arg)
+        if self.jsonl:
+            self.out.write(json.dumps({"memories": [asdict(r) for r in records]}, ensure_ascii=False) + "\n")
+            self.out.flush()
+            return
+        if not records:
+            self.info("(no memories" + (f" match {arg!r})" if arg else " yet)"))
+        for r in records:
+            self.info(f"{r.id}  {r.time[:16]}  user: {r.user_text}\n{' ' * 30}reply: {r.reply}")
 
     def save(self, target: str) -> None:
         if not target:
@@ -180,14 +283,18 @@ def run_chat(cfg: ChatConfig, stdin: IO[bytes] | None = None, stdout: IO[str] | 
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout
     interactive = stdin.isatty() if hasattr(stdin, "isatty") else False
-    engine = build_engine(cfg)
-    session = ChatSession(engine, stdout, cfg.jsonl, interactive)
-    if interactive:
-        return _interactive(session)
-    for line in read_lines(stdin):
-        if not session.handle(line):
-            break
-    return 2 if session.failed_turns else 0
+    chat = build_chat(cfg)
+    session = ChatSession(chat, stdout, cfg.jsonl, interactive)
+    try:
+        session.greet()
+        if interactive:
+            return _interactive(session)
+        for line in read_lines(stdin):
+            if not session.handle(line):
+                break
+        return 2 if session.failed_turns else 0
+    finally:
+        chat.close()
 
 
 def _interactive(session: ChatSession) -> int:

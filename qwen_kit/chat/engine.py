@@ -125,6 +125,11 @@ class Turn:
         self.stats.stopped_at_eos = self.stats.last_token_id in self.engine.eos_token_ids
         self.engine._record(Round(self.user_text, self.text.strip(), time.time(), dict(self.extras)))
 
+    def complete(self, text: str) -> None:
+        """Record ``text`` as the reply without generating (scripted and replayed rounds)."""
+        self.text = text
+        self._finish()
+
     def run(self, on_piece: Callable[[str], None] | None = None) -> str:
         """Generate in the calling thread; ``on_piece`` gets each text piece. Returns the reply."""
         self._generate(on_piece or (lambda _piece: None))
@@ -166,6 +171,7 @@ class ChatEngine:
         on_evict: called with the rounds that no longer fit, when they leave the prompt.
         context_fn: called with ``(user_text, recent_rounds)``; returns extra system text
             for this turn (retrieved documents, memories) and extras for the turn record.
+            :func:`combine_contexts` joins several sources into one.
     """
 
     model: Any
@@ -212,20 +218,26 @@ class ChatEngine:
 
     def start_turn(self, user_text: str) -> Turn:
         """Prepare the prompt for ``user_text`` (trimming old rounds) and return the Turn to stream."""
-        system, extras, message = self.system, {}, user_text
-        if self.context_fn is not None:
-            extra_text, extras = self.context_fn(user_text, self.rounds[self.window_start:])
-            if extra_text and self.context_placement == "user":
-                message = f"{extra_text}\n\nQuestion: {user_text}"
-            elif extra_text:
-                system = f"{system}\n\n{extra_text}" if system else extra_text
-        window = self.rounds[self.window_start:]
-        first, prompt, n = fit_rounds(self.tokenizer, system, window, message, self.budget)
-        if first:
-            evicted = window[:first]
+        for attempt in range(2):
+            system, extras, message = self.system, {}, user_text
+            if self.context_fn is not None:
+                extra_text, extras = self.context_fn(user_text, self.rounds[self.window_start:])
+                if extra_text and self.context_placement == "user":
+                    message = f"{extra_text}\n\nQuestion: {user_text}"
+                elif extra_text:
+                    system = f"{system}\n\n{extra_text}" if system else extra_text
+            window = self.rounds[self.window_start:]
+            first, prompt, n = fit_rounds(self.tokenizer, system, window, message, self.budget)
+            if not first:
+                break
             self.window_start += first
             if self.on_evict is not None:
-                self.on_evict(evicted)
+                self.on_evict(window[:first])
+                # the rounds that just left may be what this message needs (long-term memory):
+                # ask the context sources again now that they can find them
+                if self.context_fn is not None and attempt == 0:
+                    continue
+            break
         return Turn(self, user_text, prompt, n, extras)
 
     def reply(self, user_text: str) -> str:
@@ -235,10 +247,49 @@ class ChatEngine:
     def _record(self, r: Round) -> None:
         self.rounds.append(r)
 
+    def release_window(self) -> int:
+        """Let every round still in the prompt go through ``on_evict`` (end of a session, or a
+        reset, with long-term memory on). Returns how many rounds left."""
+        window = self.rounds[self.window_start:]
+        self.window_start = len(self.rounds)
+        if window and self.on_evict is not None:
+            self.on_evict(window)
+        return len(window)
+
     def reset(self) -> None:
-        """Forget the conversation (the system prompt stays)."""
+        """Start a new conversation (the system prompt stays). Rounds in the prompt are
+        handed to ``on_evict`` first, so long-term memory keeps them."""
+        self.release_window()
         self.rounds.clear()
         self.window_start = 0
 
+    def add_round(self, user_text: str, reply: str) -> Turn:
+        """Record a scripted round without generating (evaluation replays, restored chats):
+        the prompt is prepared as for a real turn, so trimming and eviction happen as usual."""
+        turn = self.start_turn(user_text)
+        turn.complete(reply)
+        return turn
+
     def in_prompt(self) -> list[Round]:
         return self.rounds[self.window_start:]
+
+
+def combine_contexts(*sources: Callable[[str, list[Round]], tuple[str, dict[str, Any]]] | None):
+    """One ``context_fn`` from several (persona lore, knowledge base, memories): texts joined
+    by blank lines in the given order, extras merged."""
+    active = [s for s in sources if s is not None]
+    if not active:
+        return None
+    if len(active) == 1:
+        return active[0]
+
+    def context(user_text: str, recent: list[Round]) -> tuple[str, dict[str, Any]]:
+        texts, extras = [], {}
+        for source in active:
+            text, more = source(user_text, recent)
+            if text:
+                texts.append(text)
+            extras.update(more)
+        return "\n\n".join(texts), extras
+
+    return context

@@ -29,7 +29,9 @@ def build_messages(system: str | None, rounds: Sequence[Round], user_text: str |
     if system is not None:
         messages.append({"role": "system", "content": system})
     for r in rounds:
-        messages += [{"role": "user", "content": r.user}, {"role": "assistant", "content": r.assistant}]
+        if r.user:  # a persona's greeting is a round with only the assistant's side
+            messages.append({"role": "user", "content": r.user})
+        messages.append({"role": "assistant", "content": r.assistant})
     if user_text is not None:
         messages.append({"role": "user", "content": user_text})
     return messages

