@@ -30,15 +30,21 @@ LORA_MODEL  = $(if $(filter command line environment,$(origin MODEL)),$(MODEL),q
 LORA_CONFIG = configs/lora_$(subst -,_,$(LORA_MODEL)).yaml
 DATA   ?=
 PYTEST_ARGS ?=
+# Kaggle: make kaggle-push KERNEL=owner/slug JOB=chat|rag|memory|persona|eval|lora [MODEL=… ADAPTER=… DOCS=…] [DRY_RUN=1]
+KAGGLE_MODEL = $(if $(filter command line environment,$(origin MODEL)),$(MODEL),Qwen/Qwen2.5-1.5B-Instruct)
+JOB    ?= chat
+LICENSE ?= apache-2.0
+KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo chat test test-fast bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
-	autodl-lora download merge
+	autodl-lora download merge kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
 
 help: ## list targets and variables
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "variables: MODEL=$(MODEL) GPUS=$(GPUS) CONFIG=$(CONFIG) DATA=$(DATA) ARGS='$(ARGS)'"
 	@echo "           NNODES=$(NNODES) NODE_RANK=$(NODE_RANK) MASTER_ADDR=$(MASTER_ADDR) MASTER_PORT=$(MASTER_PORT) ADAPTER= OUT="
+	@echo "           kaggle: DIR= SLUG= KERNEL= JOB=$(JOB) DOCS= MESSAGE= TITLE= LICENSE=$(LICENSE) DRY_RUN="
 	@echo "           PYTHON=$(PYTHON) VENV=$(VENV) TORCH=$(TORCH) PYTEST_ARGS='$(PYTEST_ARGS)'"
 
 $(STAMP): setup.cfg pyproject.toml
@@ -68,6 +74,26 @@ download: $(STAMP) ## download MODEL (hub id) into the platform's model folder (
 
 merge: $(STAMP) ## merge ADAPTER into its base model, saved to OUT
 	$(PY) scripts/merge_lora.py $(ADAPTER) --out $(OUT) $(ARGS)
+
+kaggle-upload: $(STAMP) ## create/version a Kaggle dataset: DIR=folder SLUG=owner/name [MESSAGE=…] [LICENSE=…] [DRY_RUN=1]
+	$(PY) scripts/kaggle.py upload $(DIR) $(SLUG) $(if $(MESSAGE),--message "$(MESSAGE)") --license $(LICENSE) \
+		$(if $(TITLE),--title "$(TITLE)") $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(ARGS)
+
+kaggle-push: $(STAMP) ## push a kernel that runs JOB on a T4: KERNEL=owner/slug JOB=… [MODEL= ADAPTER= DOCS= DRY_RUN=1]
+	$(PY) scripts/kaggle.py push $(KERNEL) --job $(JOB) --model $(KAGGLE_MODEL) $(KAGGLE_FLAGS) $(ARGS)
+
+kaggle-status: $(STAMP) ## status of a pushed kernel: KERNEL=owner/slug
+	$(PY) scripts/kaggle.py status $(KERNEL)
+
+kaggle-output: $(STAMP) ## download a kernel's outputs: KERNEL=owner/slug
+	$(PY) scripts/kaggle.py output $(KERNEL) $(ARGS)
+
+eval-memory: $(STAMP) ## long-term memory recall on data/memory_dialogue.jsonl with MODEL (both layouts)
+	$(PY) scripts/eval_memory.py --dialogue data/memory_dialogue.jsonl --model $(MODEL) --layout user system $(ARGS)
+
+eval-persona: $(STAMP) ## persona in-character rate of the sample personas with MODEL (both layouts)
+	$(PY) scripts/eval_persona.py --persona data/personas/lighthouse_keeper.yaml \
+		--probes data/personas/lighthouse_keeper_probes.jsonl --model $(MODEL) --layout second fields $(ARGS)
 
 sft-demo: $(STAMP) ## a one-minute CPU fine-tune of the demo model on data/sample_alpaca.json
 	$(PY) scripts/sft.py --config configs/sft_demo.yaml --overwrite $(ARGS)

@@ -11,10 +11,11 @@ import os
 
 from platforms.autodl import AutoDLPlatform
 from platforms.base import Platform
+from platforms.kaggle import KagglePlatform
 from platforms.local import LocalPlatform
 
 # Most specific first; local matches everywhere, so it is last.
-ADAPTERS: list[type[Platform]] = [AutoDLPlatform, LocalPlatform]
+ADAPTERS: list[type[Platform]] = [AutoDLPlatform, KagglePlatform, LocalPlatform]
 
 
 def get_platform(name: str) -> Platform:
@@ -46,5 +47,5 @@ def current_platform() -> Platform:
     return LocalPlatform()
 
 
-__all__ = ["ADAPTERS", "AutoDLPlatform", "LocalPlatform", "Platform", "apply_env_defaults", "current_platform",
+__all__ = ["ADAPTERS", "AutoDLPlatform", "KagglePlatform", "LocalPlatform", "Platform", "apply_env_defaults", "current_platform",
            "get_platform"]

@@ -52,6 +52,15 @@ class Platform:
         folder the platform's own panel reads."""
         return [run_root / "tensorboard" / run_name]
 
+    def find_model(self, name: str) -> Path | None:
+        """A model folder for ``name`` found by searching (platforms whose mounts are too deep
+        for :meth:`model_dirs`, like Kaggle's inputs); ``None`` when there is none."""
+        return None
+
+    def prefers_4bit(self, n_params: float) -> bool:
+        """Whether a model of ``n_params`` parameters loads in 4-bit by default on a GPU here."""
+        return False
+
     def env_defaults(self) -> dict[str, str]:
         """Environment variables to set (when unset) before any job starts, e.g. hub caches."""
         return {}

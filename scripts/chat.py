@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None = None) -> ChatConfig:
     m.add_argument("--model", help="folder, hub id, platform model name, or 'demo' "
                    "(default: Qwen/Qwen2.5-0.5B-Instruct when available, else demo)")
     m.add_argument("--adapter", help="PEFT LoRA adapter folder to apply")
-    m.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes nf4 weights (GPU or CPU)")
+    m.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,
+                   help="bitsandbytes nf4 weights with double quantisation (GPU or CPU); default: on for "
+                        "models of 1.5B and up on a Kaggle GPU, off elsewhere")
     m.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"])
     m.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     m.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")

@@ -23,7 +23,7 @@ class ChatConfig:
 
     model: str | None = None
     adapter: str | None = None
-    load_in_4bit: bool = False
+    load_in_4bit: bool | None = None  # None: the platform default (Kaggle: 1.5B and up on a GPU)
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False

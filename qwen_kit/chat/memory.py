@@ -221,13 +221,14 @@ class LongTermMemory:
             self.retriever.save(self.index_dir)
 
     # -- engine hooks -----------------------------------------------------------------------
-    def remember(self, rounds: Sequence[Round]) -> list[MemoryRecord]:
-        """Append rounds that left the prompt to the file, then make them searchable."""
+    def remember(self, rounds: Sequence[Round], vectors: Any = None) -> list[MemoryRecord]:
+        """Append rounds that left the prompt to the file, then make them searchable.
+        ``vectors``: their embeddings when already computed (one row per kept round)."""
         records = [MemoryRecord(uuid.uuid4().hex[:12], _timestamp(r.time), self.session, self.user,
-                                r.user, r.assistant) for r in rounds if r.user.strip() or r.assistant.strip()]
+                                r.user, r.assistant) for r in rounds if r.user.strip()]
         self.file.append(records)  # durable before it is searchable
         self.records.update((r.id, r) for r in records)
-        self._index(records)
+        self._index(records, vectors)
         return records
 
     def search(self, query: str, k: int | None = None) -> list[tuple[MemoryRecord, float]]:

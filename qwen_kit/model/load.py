@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from platforms import Platform
 from qwen_kit.errors import UserError
-from qwen_kit.model.precision import Precision, choose_precision
+from qwen_kit.model.precision import Precision, choose_precision, estimate_params
 from qwen_kit.model.resolve import ModelRef, resolve_model
 
 
@@ -20,7 +20,7 @@ class LoadOptions:
     """How to load a model. Every field has a command-line flag of the same name."""
 
     adapter: str | None = None
-    load_in_4bit: bool = False
+    load_in_4bit: bool | None = None  # None: the platform's default (Kaggle: 4-bit from 1.5B on a GPU)
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
@@ -71,7 +71,7 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(int(i) for i in ids))
 
 
-def _check_config(ref: ModelRef, trust_remote_code: bool) -> None:
+def _check_config(ref: ModelRef, trust_remote_code: bool) -> dict[str, Any]:
     try:
         config = json.loads((ref.path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -79,6 +79,29 @@ def _check_config(ref: ModelRef, trust_remote_code: bool) -> None:
     if config.get("auto_map") and not trust_remote_code:
         raise UserError(f"{ref.path} needs its own Python code to load (auto_map in config.json); "
                         "read that code, then pass --trust-remote-code if you trust it")
+    return config
+
+
+def generation_problem(model: Any, tokenizer: Any, new_tokens: int = 4) -> str | None:
+    """Generate a few tokens and report the known half-precision failure of Qwen2 (NaN or
+    infinite logits, or a reply of nothing but "!"); ``None`` when the model is healthy."""
+    import torch
+
+    messages = [{"role": "user", "content": "Say hello."}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # a tokenizer without a template: any text will do
+        text = "Hello"
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id or 0)
+    if any(not torch.isfinite(s).all() for s in out.scores):
+        return "NaN or infinite logits"
+    reply = tokenizer.decode(out.sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    if reply.strip() and set(reply.strip()) <= {"!"}:
+        return f"a reply of only '!' ({reply.strip()!r})"
+    return None
 
 
 def apply_adapter(model: Any, adapter: Path, base: Path) -> Any:
@@ -109,17 +132,50 @@ def load_model(name: str, options: LoadOptions | None = None, platform: Platform
             that was not allowed, or the adapter does not fit it.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from platforms import current_platform
 
     options = options or LoadOptions()
+    platform = platform or current_platform()
     ref = resolve_model(name, platform)
     adapter = Path(options.adapter).expanduser() if options.adapter else ref.adapter
     if adapter is not None and not adapter.exists():
         raise UserError(f"adapter folder {adapter} does not exist")
-    _check_config(ref, options.trust_remote_code)
+    config = _check_config(ref, options.trust_remote_code)
 
     device, capability = pick_device(options.device)
-    precision = choose_precision(device, capability, options.load_in_4bit, options.dtype)
+    precision = choose_precision(device, capability, options.load_in_4bit, options.dtype,
+                                 prefer_4bit=platform.prefers_4bit(estimate_params(config)))
+    loaded = _load(ref, precision, options, adapter, quiet)
+    if precision.dtype != "float16":
+        return loaded
+    # Qwen2 in fp16 has produced NaN logits ("!!!!" replies) on T4s: check, then fall back
+    tried = []
+    for fallback in (replace(precision, attn_implementation="eager"), replace(precision, dtype="float32")):
+        problem = generation_problem(loaded.model, loaded.tokenizer)
+        if problem is None:
+            return loaded
+        tried.append(f"{loaded.precision.dtype}/{loaded.precision.attn_implementation}: {problem}")
+        print(f"qwen_kit: the model gave {problem} with {loaded.precision.dtype} and "
+              f"{loaded.precision.attn_implementation} attention; retrying with {fallback.dtype} and "
+              f"{fallback.attn_implementation} attention", file=sys.stderr)
+        del loaded
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        loaded = _load(ref, fallback, options, adapter, quiet)
+    problem = generation_problem(loaded.model, loaded.tokenizer)
+    if problem is not None:
+        tried.append(f"float32/{loaded.precision.attn_implementation}: {problem}")
+        raise UserError(f"{ref.path} does not generate properly on {device}: " + "; ".join(tried)
+                        + ". Check the weights (re-download) or try another --device")
+    return loaded
+
+
+def _load(ref: ModelRef, precision: Precision, options: LoadOptions, adapter: Path | None, quiet: bool) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    device = precision.device
     dtype = getattr(torch, precision.dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": options.trust_remote_code,
                               "attn_implementation": precision.attn_implementation,

@@ -14,22 +14,44 @@ class Precision:
 
 
 def choose_precision(device: str, capability: tuple[int, int] | None = None,
-                     load_in_4bit: bool = False, dtype: str = "auto") -> Precision:
+                     load_in_4bit: bool | None = False, dtype: str = "auto", prefer_4bit: bool = False,
+                     attn_implementation: str = "sdpa") -> Precision:
     """Pick how to load a model on ``device``.
 
     Args:
         device: ``cpu`` or ``cuda[:N]``.
         capability: CUDA compute capability, e.g. ``(7, 5)`` for a T4, ``(8, 0)`` for an A100.
-        load_in_4bit: quantise the weights to nf4 (bitsandbytes; runs on CPU too).
+        load_in_4bit: quantise the weights to nf4 with double quantisation (bitsandbytes; runs
+            on CPU too); ``None``: the platform's default, ``prefer_4bit``, on a GPU.
         dtype: ``auto`` or an explicit ``float32`` / ``bfloat16`` / ``float16``.
+        prefer_4bit: the platform's wish for this model size (Kaggle: 1.5B and up on a T4).
+        attn_implementation: ``sdpa``, or ``eager`` as the fallback after a failed check.
 
     Below compute capability 8 (T4, V100, P100) there is no bf16 and no FlashAttention-2,
     so compute runs in fp16 with PyTorch's SDPA kernel; Ampere and newer use bf16; the CPU
     uses fp32, the only dtype its kernels are fast and exact in.
     """
+    on_gpu = device.startswith("cuda")
     if dtype == "auto":
-        if device.startswith("cuda"):
+        if on_gpu:
             dtype = "bfloat16" if capability and capability >= (8, 0) else "float16"
         else:
             dtype = "float32"
-    return Precision(device=device, dtype=dtype, attn_implementation="sdpa", load_in_4bit=load_in_4bit)
+    if load_in_4bit is None:
+        load_in_4bit = prefer_4bit and on_gpu
+    return Precision(device=device, dtype=dtype, attn_implementation=attn_implementation, load_in_4bit=load_in_4bit)
+
+
+def estimate_params(config: dict) -> float:
+    """Parameters of a decoder-only transformer from its ``config.json`` (within a few %),
+    known before any weight is read: Qwen2.5-0.5B → 0.49e9, 1.5B → 1.54e9."""
+    h = config.get("hidden_size", 0)
+    layers = config.get("num_hidden_layers", 0)
+    inter = config.get("intermediate_size", 4 * h)
+    vocab = config.get("vocab_size", 0)
+    heads = config.get("num_attention_heads", 1) or 1
+    head_dim = config.get("head_dim") or h // heads
+    kv = config.get("num_key_value_heads", heads) * head_dim
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter
+    embeddings = vocab * h * (1 if config.get("tie_word_embeddings", True) else 2)
+    return float(layers * per_layer + embeddings)

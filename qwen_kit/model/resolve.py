@@ -105,6 +105,11 @@ def resolve_model(name: str, platform: Platform | None = None, download: bool = 
         if candidate.is_dir():
             return _from_folder(name, candidate, "platform", platform, download)
         looked.append(str(candidate))
+    found = platform.find_model(name)
+    if found is not None:
+        return _from_folder(name, found, "platform", platform, download)
+    if type(platform).find_model is not Platform.find_model:
+        looked.append(f"the {platform.name} inputs")
 
     if _HUB_ID.match(name):
         cached = _hub_snapshot(name, local_only=True)

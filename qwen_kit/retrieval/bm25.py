@@ -24,12 +24,10 @@ class BM25Index:
     def __init__(self, k1: float = 1.5, b: float = 0.75):
         self.k1, self.b = k1, b
         self.vocab: dict[str, int] = {}
-        self._docs: list[list[int]] = []  # per term: document numbers
-        self._tfs: list[list[int]] = []  # per term: term frequencies
-        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per term, rebuilt after adds
+        self._docs: list[np.ndarray] = []  # per term: document numbers (int64)
+        self._tfs: list[np.ndarray] = []  # per term: term frequencies (float64)
         self._df = np.zeros(0, dtype=np.float64)
-        self._lengths: list[int] = []
-        self._len_array = np.zeros(0, dtype=np.float64)
+        self._lengths = np.zeros(0, dtype=np.float64)
         self._idf: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -37,28 +35,27 @@ class BM25Index:
 
     def add(self, documents: Sequence[Sequence[str]]) -> None:
         """Append documents (lists of tokens); they get the next document numbers."""
-        touched: set[int] = set()
-        new_df: Counter = Counter()
-        for tokens in documents:
-            n = len(self._lengths)
-            self._lengths.append(len(tokens))
+        first = len(self._lengths)
+        new: dict[int, tuple[list[int], list[int]]] = {}
+        for n, tokens in enumerate(documents, start=first):
             for term, tf in Counter(tokens).items():
                 t = self.vocab.get(term)
                 if t is None:
                     t = self.vocab[term] = len(self._docs)
-                    self._docs.append([])
-                    self._tfs.append([])
-                self._docs[t].append(n)
-                self._tfs[t].append(tf)
-                new_df[t] += 1
-                touched.add(t)
+                    self._docs.append(np.zeros(0, dtype=np.int64))
+                    self._tfs.append(np.zeros(0, dtype=np.float64))
+                entry = new.setdefault(t, ([], []))
+                entry[0].append(n)
+                entry[1].append(tf)
+        # one concatenation per touched term: a single added memory costs its own terms only
+        for t, (docs, tfs) in new.items():
+            self._docs[t] = np.concatenate([self._docs[t], np.asarray(docs, dtype=np.int64)])
+            self._tfs[t] = np.concatenate([self._tfs[t], np.asarray(tfs, dtype=np.float64)])
         if len(self.vocab) > len(self._df):
             self._df = np.concatenate([self._df, np.zeros(len(self.vocab) - len(self._df))])
-        for t, c in new_df.items():
-            self._df[t] += c
-        for t in touched:
-            self._arrays.pop(t, None)
-        self._len_array = np.asarray(self._lengths, dtype=np.float64)
+        for t, (docs, _) in new.items():
+            self._df[t] += len(docs)
+        self._lengths = np.concatenate([self._lengths, np.asarray([len(d) for d in documents], dtype=np.float64)])
         self._idf = None
 
     def idf(self) -> np.ndarray:
@@ -67,27 +64,20 @@ class BM25Index:
             self._idf = np.log1p((n - self._df + 0.5) / (self._df + 0.5))
         return self._idf
 
-    def _postings(self, t: int) -> tuple[np.ndarray, np.ndarray]:
-        arrays = self._arrays.get(t)
-        if arrays is None:
-            arrays = self._arrays[t] = (np.asarray(self._docs[t], dtype=np.int64),
-                                        np.asarray(self._tfs[t], dtype=np.float64))
-        return arrays
-
     def score_array(self, query: Sequence[str]) -> np.ndarray | None:
         """BM25 score of every document for ``query`` (repeated query terms count again, as in
         rank-bm25); ``None`` when no query term is in the index."""
-        if not self._lengths:
+        if not len(self._lengths):
             return None
         idf = self.idf()
-        avgdl = float(self._len_array.mean()) or 1.0
+        avgdl = float(self._lengths.mean()) or 1.0
         total = None
         for term in query:
             t = self.vocab.get(term)
             if t is None:
                 continue
-            docs, tf = self._postings(t)
-            norm = self.k1 * (1 - self.b + self.b * self._len_array[docs] / avgdl)
+            docs, tf = self._docs[t], self._tfs[t]
+            norm = self.k1 * (1 - self.b + self.b * self._lengths[docs] / avgdl)
             if total is None:
                 total = np.zeros(len(self._lengths))
             total[docs] += idf[t] * tf * (self.k1 + 1) / (tf + norm)

@@ -82,3 +82,57 @@ def test_4bit_on_cuda_generates(tiny_qwen_dir):
     loaded = load_model(str(tiny_qwen_dir), LoadOptions(load_in_4bit=True, device="cuda"), quiet=True)
     ids = loaded.tokenizer("hello", return_tensors="pt").to("cuda")
     assert loaded.model.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] > 1
+
+
+@pytest.mark.parametrize("device,capability,prefer,want_4bit", [
+    ("cuda:0", (7, 5), True, True),    # a 1.5B model on a Kaggle T4: nf4 by default
+    ("cuda:0", (8, 0), False, False),  # A100 elsewhere: full bf16
+    ("cpu", None, True, False),        # no GPU: 4-bit only when asked
+])
+def test_the_platform_default_decides_4bit_only_on_a_gpu(device, capability, prefer, want_4bit):
+    p = choose_precision(device, capability, load_in_4bit=None, prefer_4bit=prefer)
+    assert p.load_in_4bit is want_4bit
+    assert choose_precision(device, capability, load_in_4bit=False, prefer_4bit=True).load_in_4bit is False
+
+
+def test_parameter_estimate_matches_qwen25_sizes():
+    from qwen_kit.model.precision import estimate_params
+
+    q05 = {"hidden_size": 896, "num_hidden_layers": 24, "intermediate_size": 4864, "vocab_size": 151936,
+           "num_attention_heads": 14, "num_key_value_heads": 2, "tie_word_embeddings": True}
+    q15 = {"hidden_size": 1536, "num_hidden_layers": 28, "intermediate_size": 8960, "vocab_size": 151936,
+           "num_attention_heads": 12, "num_key_value_heads": 2, "tie_word_embeddings": True}
+    assert 0.45e9 < estimate_params(q05) < 0.52e9 and 1.45e9 < estimate_params(q15) < 1.6e9
+
+
+def _poisoned_copy(tiny_qwen_dir, tmp_path):
+    """The tiny model with NaN in one layer: what Qwen2's fp16 overflow looks like downstream."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "nan-model"
+    shutil.copytree(tiny_qwen_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    key = next(k for k in weights if "mlp.down_proj" in k)
+    weights[key] = torch.full_like(weights[key], float("nan"))
+    save_file(weights, folder / "model.safetensors")
+    return folder
+
+
+def test_the_startup_check_catches_nan_logits(tiny, tiny_qwen_dir, tmp_path):
+    from qwen_kit.model.load import generation_problem
+
+    assert generation_problem(tiny.model, tiny.tokenizer) is None
+    bad = load_model(str(_poisoned_copy(tiny_qwen_dir, tmp_path)), quiet=True)
+    assert generation_problem(bad.model, bad.tokenizer) == "NaN or infinite logits"
+
+
+def test_fp16_falls_back_to_eager_then_fp32_with_a_message(tiny_qwen_dir, tmp_path, capsys):
+    healthy = load_model(str(tiny_qwen_dir), LoadOptions(dtype="float16"), quiet=True)
+    assert healthy.precision.dtype == "float16"  # checked, healthy, kept
+    with pytest.raises(UserError, match=r"does not generate properly.*float16/sdpa.*float16/eager.*float32/sdpa"):
+        load_model(str(_poisoned_copy(tiny_qwen_dir, tmp_path)), LoadOptions(dtype="float16"), quiet=True)
+    err = capsys.readouterr().err
+    assert "retrying with float16 and eager attention" in err and "retrying with float32 and sdpa attention" in err

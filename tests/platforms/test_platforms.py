@@ -23,6 +23,6 @@ def test_local_is_the_fallback_and_reads_its_folders_from_the_environment(tmp_pa
 
 def test_a_forced_unknown_platform_names_the_known_ones(monkeypatch):
     monkeypatch.setenv("QWEN_KIT_PLATFORM", "colab")
-    with pytest.raises(ValueError, match="known platforms: autodl, local"):
+    with pytest.raises(ValueError, match="known platforms: autodl, kaggle, local"):
         current_platform()
     assert get_platform("local").name == "local"

