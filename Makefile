@@ -30,6 +30,11 @@ LORA_MODEL  = $(if $(filter command line environment,$(origin MODEL)),$(MODEL),q
 LORA_CONFIG = configs/lora_$(subst -,_,$(LORA_MODEL)).yaml
 DATA   ?=
 PYTEST_ARGS ?=
+# Evaluation: OpenCompass in its own venv (it needs transformers<5, numpy<2, pyarrow<26)
+EVAL_VENV  ?= .venv-eval
+EVAL_STAMP := $(EVAL_VENV)/.installed-opencompass
+WORKERS ?= 1
+DATASETS ?=
 # Kaggle: make kaggle-push KERNEL=owner/slug JOB=chat|rag|memory|persona|eval|lora [MODEL=… ADAPTER=… DOCS=…] [DRY_RUN=1]
 KAGGLE_MODEL = $(if $(filter command line environment,$(origin MODEL)),$(MODEL),Qwen/Qwen2.5-1.5B-Instruct)
 JOB    ?= chat
@@ -38,12 +43,13 @@ KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo chat test test-fast bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
-	autodl-lora download merge kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
+	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
 
 help: ## list targets and variables
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "variables: MODEL=$(MODEL) GPUS=$(GPUS) CONFIG=$(CONFIG) DATA=$(DATA) ARGS='$(ARGS)'"
 	@echo "           NNODES=$(NNODES) NODE_RANK=$(NODE_RANK) MASTER_ADDR=$(MASTER_ADDR) MASTER_PORT=$(MASTER_PORT) ADAPTER= OUT="
+	@echo "           eval: WORKERS=$(WORKERS) DATASETS='$(DATASETS)'"
 	@echo "           kaggle: DIR= SLUG= KERNEL= JOB=$(JOB) DOCS= MESSAGE= TITLE= LICENSE=$(LICENSE) DRY_RUN="
 	@echo "           PYTHON=$(PYTHON) VENV=$(VENV) TORCH=$(TORCH) PYTEST_ARGS='$(PYTEST_ARGS)'"
 
@@ -74,6 +80,23 @@ download: $(STAMP) ## download MODEL (hub id) into the platform's model folder (
 
 merge: $(STAMP) ## merge ADAPTER into its base model, saved to OUT
 	$(PY) scripts/merge_lora.py $(ADAPTER) --out $(OUT) $(ARGS)
+
+$(EVAL_STAMP):
+	$(PYTHON) -m venv $(EVAL_VENV)
+	$(EVAL_VENV)/bin/pip install "$(TORCH)" opencompass==0.5.4 "transformers<5" "pyarrow<26"
+	touch $@
+
+eval-venv: $(EVAL_STAMP) ## create .venv-eval with OpenCompass 0.5.4 (done by make eval when missing)
+
+eval: $(STAMP) $(EVAL_STAMP) ## OpenCompass on the six benchmarks: MODEL=… [ADAPTER=…] [GPUS=N] [WORKERS=N] [DATASETS="…"]
+	$(PY) scripts/opencompass_eval.py $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) --workers $(WORKERS) \
+		$(if $(filter command line environment,$(origin GPUS)),--gpus $(GPUS)) $(if $(DATASETS),--datasets $(DATASETS)) $(ARGS)
+
+eval-builtin: $(STAMP) ## the built-in evaluator (OpenCompass's scores, main venv): MODEL=… [ADAPTER=…] [DATASETS="…"]
+	$(PY) scripts/eval.py --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DATASETS),--datasets $(DATASETS)) $(ARGS)
+
+eval-data: $(STAMP) ## download the six benchmarks' data once (online); copy the folder to offline machines
+	$(PY) scripts/eval_data.py $(ARGS)
 
 kaggle-upload: $(STAMP) ## create/version a Kaggle dataset: DIR=folder SLUG=owner/name [MESSAGE=…] [LICENSE=…] [DRY_RUN=1]
 	$(PY) scripts/kaggle.py upload $(DIR) $(SLUG) $(if $(MESSAGE),--message "$(MESSAGE)") --license $(LICENSE) \

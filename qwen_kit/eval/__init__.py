@@ -1,0 +1,1 @@
+"""Evaluation: multiple-choice scoring that agrees with OpenCompass, and the OpenCompass runner."""

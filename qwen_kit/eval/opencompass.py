@@ -1,0 +1,157 @@
+"""Running OpenCompass itself, from its own venv (``.venv-eval``, made by ``make eval-venv``).
+
+OpenCompass 0.5.4 cannot share a venv with the training stack (it needs transformers<5,
+numpy<2, datasets<4, pyarrow<26), so the kit calls its ``opencompass`` command as a subprocess
+with the settings the original work used: a base HF model, max-seq-len 2048, batch size 8, the
+``example`` summariser; ``--hf-num-gpus`` is GPUs per task (0 on CPU), ``--max-num-workers`` the
+number of tasks run side by side — for small models several workers beat sharding one model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+from qwen_kit.errors import UserError
+from qwen_kit.eval.datasets import BUILTIN, data_roots
+
+VENV = Path(".venv-eval")
+# files each config reads (under <root>/data/), including the contamination annotations the
+# *_clean_* configs would otherwise fetch from GitHub at start-up
+NEEDS = {
+    "mmlu_ppl": ["mmlu/dev/abstract_algebra_dev.csv", "mmlu/test/abstract_algebra_test.csv"],
+    "hellaswag_clean_ppl": ["hellaswag/hellaswag.jsonl", "hellaswag/hellaswag_val_contamination_annotations.json"],
+    "winogrande_ll": ["winogrande/dev.jsonl"],
+    "ARC_e_ppl": ["ARC/ARC-e/ARC-Easy-Dev.jsonl"],
+    "ARC_c_clean_ppl": ["ARC/ARC-c/ARC-Challenge-Test.jsonl", "ARC/ARC-c/ARC_c_test_contamination_annotations.json"],
+    "SuperGLUE_BoolQ_few_shot_ppl": ["SuperGLUE/BoolQ/val.jsonl"],
+}
+OSS = "http://opencompass.oss-cn-shanghai.aliyuncs.com/datasets/data"
+DOWNLOADS = [  # (url, what it holds) — the addresses OpenCompass 0.5.4 itself downloads from
+    (f"{OSS}/mmlu.zip", "mmlu/"),
+    (f"{OSS}/hellaswag.zip", "hellaswag/"),
+    (f"{OSS}/ARC.zip", "ARC/"),
+    (f"{OSS}/SuperGLUE.zip", "SuperGLUE/"),
+    ("https://github.com/open-compass/opencompass/releases/download/0.2.2.rc1/OpenCompassData-core-20240207.zip",
+     "winogrande/ (from the core data archive)"),
+]
+ANNOTATIONS = [
+    ("https://github.com/liyucheng09/Contamination_Detector/releases/download/v0.1.1rc2/"
+     "hellaswag_annotations_with_line_index.json", "hellaswag/hellaswag_val_contamination_annotations.json"),
+    ("https://github.com/liyucheng09/Contamination_Detector/releases/download/v0.1.1rc/ARC_annotations.json",
+     "ARC/ARC-c/ARC_c_test_contamination_annotations.json"),
+]
+
+
+def opencompass_exe(venv: Path = VENV) -> Path:
+    exe = venv / "bin" / "opencompass"
+    if not exe.is_file():
+        raise UserError(f"OpenCompass is not installed in {venv}; run `make eval-venv` (about a minute, its own venv)")
+    return exe
+
+
+def data_root_for(datasets: Sequence[str], data_root: str | None = None) -> Path:
+    """The folder holding ``data/`` with every file the datasets need (what OpenCompass calls
+    COMPASS_DATA_CACHE); a missing file is reported with the path OpenCompass expects."""
+    roots = [Path(data_root).expanduser()] if data_root else data_roots()
+    needed = [f for d in datasets if d in NEEDS for f in NEEDS[d]]
+    for root in roots:
+        if all((root / "data" / f).exists() for f in needed):
+            return root
+    root = roots[0]
+    missing = next(f for f in needed if not (root / "data" / f).exists())
+    raise UserError(f"OpenCompass data not found: {root / 'data' / missing} is missing. Fetch it once with "
+                    "`make eval-data` (or copy a data/ folder there; docs/evaluation.md)")
+
+
+def build_command(model: str, datasets: Sequence[str], work_dir: str | Path, adapter: str | None = None,
+                  gpus: int = 0, workers: int = 1, tokenizer: str | None = None, batch_size: int = 8,
+                  max_seq_len: int = 2048, exe: str | Path = "opencompass") -> list[str]:
+    builtin = [d for d in datasets if d in BUILTIN]
+    custom = [d for d in datasets if d not in BUILTIN]
+    unknown = [d for d in custom if not d.endswith((".jsonl", ".csv"))]
+    if unknown:
+        raise UserError(f"unknown dataset {unknown[0]!r}; known: {', '.join(BUILTIN)}, or one custom .jsonl/.csv file")
+    if len(custom) > 1:
+        raise UserError("OpenCompass's command line takes one custom dataset file per run; run them one at a time")
+    cmd = [str(exe), "--hf-type", "base", "--hf-path", model, "--max-seq-len", str(max_seq_len),
+           "--batch-size", str(batch_size), "--hf-num-gpus", str(gpus), "--max-num-workers", str(max(workers, 1)),
+           "-w", str(work_dir)]
+    if builtin:
+        cmd += ["--datasets", *builtin, "--summarizer", "example"]
+    if custom:
+        cmd += ["--custom-dataset-path", str(Path(custom[0]).resolve()), "--custom-dataset-data-type", "mcq",
+                "--custom-dataset-infer-method", "ppl"]
+    if tokenizer:
+        cmd += ["--tokenizer-path", tokenizer]
+    if adapter:
+        cmd += ["--peft-path", adapter]
+    return cmd
+
+
+def run_opencompass(model: str, datasets: Sequence[str], adapter: str | None = None, gpus: int | None = None,
+                    workers: int = 1, out: str | Path = "output/opencompass", data_root: str | None = None,
+                    dry_run: bool = False) -> int:
+    """Resolve the model to a folder, check the data, run OpenCompass; returns its exit code."""
+    from qwen_kit.model.portable import make_tokenizer_portable
+    from qwen_kit.model.resolve import resolve_model
+
+    ref = resolve_model(model)
+    if ref.source == "demo":
+        raise UserError("OpenCompass cannot load the GGUF demo model; give it a Hugging Face model folder or hub id")
+    root = data_root_for(datasets, data_root) if any(d in NEEDS for d in datasets) else None
+    work = Path(out).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = None
+    config = ref.path / "tokenizer_config.json"
+    if config.is_file() and '"TokenizersBackend"' in config.read_text(encoding="utf-8"):
+        # saved by transformers 5: give OpenCompass's transformers 4 a portable copy
+        tokenizer = str(work / "tokenizer")
+        shutil.copytree(ref.path, tokenizer, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.pt", "*.gguf"))
+        make_tokenizer_portable(tokenizer)
+    if gpus is None:
+        import torch
+
+        gpus = 1 if torch.cuda.is_available() else 0
+    exe = opencompass_exe() if not dry_run else VENV / "bin" / "opencompass"
+    cmd = build_command(str(ref.path), datasets, work, adapter or (str(ref.adapter) if ref.adapter else None),
+                        gpus, workers, tokenizer, exe=exe)
+    env = {**os.environ, **({"COMPASS_DATA_CACHE": str(root)} if root else {})}
+    print("+ " + " ".join(cmd), file=sys.stderr)
+    if dry_run:
+        return 0
+    return subprocess.call(cmd, env=env, cwd=str(root) if root else None)
+
+
+def fetch_data(dest: str | Path, dry_run: bool = False) -> Path:
+    """Download and unpack the six datasets and the contamination annotations into ``dest/data``
+    (run once on a machine with internet; then copy ``dest`` to offline machines)."""
+    data = Path(dest).expanduser() / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for url, what in DOWNLOADS:
+        print(f"{url} -> {data} ({what})", file=sys.stderr)
+        if dry_run:
+            continue
+        archive = data / Path(url).name
+        if not archive.exists():
+            urllib.request.urlretrieve(url, archive)
+        with zipfile.ZipFile(archive) as z:
+            members = [m for m in z.namelist() if "winogrande" in m] if "core" in archive.name else z.namelist()
+            for m in members:
+                target = m.split("data/", 1)[1] if m.startswith("data/") else m
+                if target and not m.endswith("/"):
+                    (data / target).parent.mkdir(parents=True, exist_ok=True)
+                    (data / target).write_bytes(z.read(m))
+    for url, target in ANNOTATIONS:
+        print(f"{url} -> {data / target}", file=sys.stderr)
+        if not dry_run and not (data / target).exists():
+            (data / target).parent.mkdir(parents=True, exist_ok=True)
+            urllib.request.urlretrieve(url, data / target)
+    return data

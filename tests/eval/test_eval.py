@@ -1,0 +1,179 @@
+"""The built-in evaluator against OpenCompass's own outputs, bad input, reports, the callback."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qwen_kit.errors import UserError
+from qwen_kit.eval.datasets import BUILTIN, custom_mcq, load_items
+from qwen_kit.eval.scoring import score_items
+from tests.conftest import ROOT, run_script
+
+REF = ROOT / "tests" / "eval" / "reference"
+MCQ = REF / "mcq_small.jsonl"
+
+
+def _agreement(scored, reference):
+    same = sum(str(reference[str(s.item.index)]["prediction"]) == s.prediction for s in scored)
+    ours = 100 * sum(s.correct for s in scored) / len(scored)
+    theirs = 100 * sum(str(r["prediction"]) == str(r["gold"]) for r in reference.values()) / len(reference)
+    return same / len(scored), abs(ours - theirs)
+
+
+def test_custom_mcq_agrees_with_opencompass(tiny):
+    reference = json.loads((REF / "mcq_small_opencompass.json").read_text())
+    scored = score_items(tiny.model, tiny.tokenizer, custom_mcq(MCQ), progress=False)
+    share, gap = _agreement(scored, reference)
+    assert share >= 0.98 and gap <= 0.5, (share, gap)
+    for s in scored:  # the perplexities themselves, not only the choices
+        for label, value in zip(s.item.labels, s.scores):
+            assert abs(value - reference[str(s.item.index)]["ppl"][label]) < 1e-4
+
+
+def test_the_six_configs_agree_with_opencompass_on_their_file_layout(tiny, tmp_path):
+    from qwen_kit.testing.compass_data import write_compass_data
+
+    reference = json.loads((REF / "six_configs_opencompass.json").read_text())
+    write_compass_data(tmp_path)
+    count = lambda t: len(tiny.tokenizer(t)["input_ids"])  # noqa: E731
+    for name in BUILTIN:
+        scored = score_items(tiny.model, tiny.tokenizer, load_items(name, tmp_path, 2048, count), progress=False)
+        by_set: dict[str, list] = {}
+        for s in scored:
+            by_set.setdefault(s.item.dataset, []).append(s)
+        for dataset, ss in by_set.items():
+            share, gap = _agreement(ss, reference[dataset])
+            assert share >= 0.98 and gap <= 0.5, (dataset, share, gap)
+            for s in ss:
+                ref = reference[dataset][str(s.item.index)]["scores"]
+                assert all(abs(v - ref[lab]) < 1e-4 for lab, v in zip(s.item.labels, s.scores)), dataset
+
+
+@pytest.mark.slow
+def test_opencompass_itself_when_its_venv_exists(tiny_qwen_dir, tiny, tmp_path):
+    exe = ROOT / ".venv-eval" / "bin" / "opencompass"
+    if not exe.is_file():
+        pytest.skip("no .venv-eval (make eval-venv); the committed reference outputs are checked instead")
+    from qwen_kit.model.portable import make_tokenizer_portable
+
+    make_tokenizer_portable(tiny_qwen_dir)
+    subprocess.run([str(exe), "--hf-type", "base", "--hf-path", str(tiny_qwen_dir), "--custom-dataset-path", str(MCQ),
+                    "--custom-dataset-data-type", "mcq", "--custom-dataset-infer-method", "ppl", "--hf-num-gpus", "0",
+                    "--max-seq-len", "2048", "--batch-size", "8", "-w", str(tmp_path / "oc")],
+                   check=True, capture_output=True, timeout=900, cwd=tmp_path)
+    produced = next((tmp_path / "oc").glob("*/predictions/*/mcq_small.json"))
+    theirs = {k: {"prediction": v["prediction"], "gold": v["gold"]} for k, v in json.loads(produced.read_text()).items()}
+    share, gap = _agreement(score_items(tiny.model, tiny.tokenizer, custom_mcq(MCQ), progress=False), theirs)
+    assert share >= 0.98 and gap <= 0.5
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"question": "q", "A": "a", "B": "b", "answer": "A"}\n{"question": "q2", "A": "a"\n', "line 2 is not valid JSON"),
+    ('{"question": "q", "A": "a", "B": "b", "answer": "A"}\n{"question": "q2", "A": "a", "answer": "B"}\n', "line 2 has no B"),
+    ('{"question": "q", "A": "a", "B": "b", "answer": "E"}\n', "line 1 answer 'E' is not one of A, B"),
+])
+def test_malformed_rows_are_reported_with_file_and_line(tmp_path, tiny_qwen_dir, content, message):
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        custom_mcq(bad)
+    res = run_script("eval.py", "--model", str(tiny_qwen_dir), "--datasets", str(bad))
+    err = res.stderr.decode().strip().splitlines()
+    assert res.returncode == 2 and str(bad) in err[-1] and message in err[-1] and "Traceback" not in res.stderr.decode()
+
+
+def test_a_csv_row_missing_a_field_names_its_line(tmp_path):
+    bad = tmp_path / "mine.csv"
+    bad.write_text("question,A,B,C,D,answer\nq1,a,b,c,d,A\nq2,a,b,,d,C\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"mine.csv: line 3 has no C"):
+        custom_mcq(bad)
+
+
+def test_an_unknown_dataset_lists_the_known_ones_before_loading_a_model(tmp_path):
+    res = run_script("eval.py", "--model", str(tmp_path / "no-such-model"), "--datasets", "mmlu")
+    err = res.stderr.decode()
+    assert res.returncode == 2 and "unknown dataset 'mmlu'" in err and "mmlu_ppl, hellaswag_clean_ppl" in err
+
+
+def test_missing_benchmark_data_says_where_and_how(tmp_path):
+    with pytest.raises(UserError, match=r"expected .*hellaswag/hellaswag.jsonl.*make eval-data"):
+        load_items("hellaswag_clean_ppl", tmp_path)
+
+
+def test_eval_and_compare_write_tables_and_a_chart(tiny_qwen_dir, tmp_path):
+    for name in ("base", "other"):
+        res = run_script("eval.py", "--model", str(tiny_qwen_dir), "--datasets", str(MCQ), "--name", name,
+                         "--out", str(tmp_path / "eval"))
+        assert res.returncode == 0, res.stderr.decode()[-1500:]
+    run = tmp_path / "eval" / "base"
+    rows = list(csv.DictReader(open(run / "summary.csv", encoding="utf-8")))
+    assert rows == [{"dataset": "mcq_small", "items": "40", "accuracy": "25.00"}]  # OpenCompass said 25.00
+    predictions = [json.loads(line) for line in open(run / "predictions" / "mcq_small.jsonl", encoding="utf-8")]
+    assert len(predictions) == 40 and set(predictions[0]["scores"]) == {"A", "B", "C", "D"}
+    res = run_script("compare.py", str(run), str(tmp_path / "eval" / "other"), "--out", str(tmp_path / "cmp"))
+    assert res.returncode == 0, res.stderr.decode()
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| dataset | base | other |" in table and "| mcq_small | 25.00 | 25.00 |" in table
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 5000
+
+
+def test_a_lora_adapter_is_scored_without_merging(tiny_qwen_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen_dir),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    base = run_script("eval.py", "--model", str(tiny_qwen_dir), "--datasets", str(MCQ), "--out", str(tmp_path / "e"),
+                      "--name", "base")
+    tuned = run_script("eval.py", "--model", str(tiny_qwen_dir), "--adapter", str(tmp_path / "adapter"),
+                       "--datasets", str(MCQ), "--out", str(tmp_path / "e"), "--name", "tuned")
+    assert base.returncode == 0 and tuned.returncode == 0, tuned.stderr.decode()[-1500:]
+    a = [json.loads(x)["scores"] for x in open(tmp_path / "e" / "base" / "predictions" / "mcq_small.jsonl")]
+    b = [json.loads(x)["scores"] for x in open(tmp_path / "e" / "tuned" / "predictions" / "mcq_small.jsonl")]
+    assert a != b  # the adapter changes what the model scores
+
+
+def test_the_training_callback_records_benchmark_scores(tiny, tiny_qwen_dir, tmp_path, monkeypatch):
+    from qwen_kit.eval.callback import BenchmarkCallback
+    from qwen_kit.train.config import TrainConfig
+    from qwen_kit.train.sft import run_sft
+
+    monkeypatch.setenv("QWEN_KIT_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([{"instruction": f"Say {i}", "input": "", "output": f"{i} {i}"} for i in range(16)]))
+    cb = BenchmarkCallback(tiny.tokenizer, [str(MCQ)], every=2, limit=8)
+    cfg = TrainConfig(model=str(tiny_qwen_dir), data=str(data), output_dir=str(tmp_path / "run"), max_len=64,
+                      per_device_batch=4, learning_rate=1e-3, max_steps=4, eval_share=0.0, save_steps=1000,
+                      logging_steps=1, warmup_ratio=0.0)
+    run_sft(cfg, extra_callbacks=[cb])
+    lines = [json.loads(x) for x in open(tmp_path / "run" / "bench_scores.jsonl")]
+    assert [x["step"] for x in lines] == [2, 4] and all(0 <= x["bench/mcq_small"] <= 100 for x in lines)
+
+
+def test_make_eval_runs_opencompass_with_the_six_configs():
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "eval", "MODEL=Qwen/Qwen2.5-0.5B", "GPUS=0", "WORKERS=4"],
+                         cwd=ROOT, capture_output=True, text=True, check=True, env=env).stdout
+    line = next(ln for ln in out.splitlines() if "scripts/opencompass_eval.py" in ln)
+    assert "Qwen/Qwen2.5-0.5B" in line and "--workers 4" in line and "--gpus 0" in line
+    from qwen_kit.eval.opencompass import build_command
+
+    cmd = build_command("/m", list(BUILTIN), "/w", adapter="/a", gpus=0, workers=4)
+    assert cmd[cmd.index("--datasets") + 1: cmd.index("--summarizer")] == list(BUILTIN)
+    assert cmd[cmd.index("--hf-num-gpus") + 1] == "0" and cmd[cmd.index("--max-num-workers") + 1] == "4"
+    assert cmd[cmd.index("--summarizer") + 1] == "example" and cmd[cmd.index("--peft-path") + 1] == "/a"
+    assert cmd[cmd.index("--max-seq-len") + 1] == "2048" and cmd[cmd.index("--batch-size") + 1] == "8"
+
+
+def test_missing_data_for_opencompass_names_the_path(tmp_path):
+    from qwen_kit.eval.opencompass import data_root_for
+
+    with pytest.raises(UserError, match=str(Path(tmp_path) / "data" / "mmlu")):
+        data_root_for(["mmlu_ppl"], str(tmp_path))
