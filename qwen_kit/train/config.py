@@ -40,6 +40,10 @@ class TrainConfig:
     eval_share: float = _opt(0.01, "share of rows held out for eval loss (0: none)")
     eval_steps: int = _opt(200, "evaluate every N steps")
     save_steps: int = _opt(500, "checkpoint every N steps")
+    bench: str | None = _opt(None, "benchmarks scored during training, comma-separated: OpenCompass config names "
+                                   "(ARC_e_ppl, ...) or custom MCQ files (docs/evaluation.md)")
+    bench_steps: int = _opt(200, "score the benchmarks every N steps (and at the end)")
+    bench_limit: int | None = _opt(100, "items per benchmark when scoring during training")
     save_total_limit: int = _opt(3, "keep at most N checkpoints")
     logging_steps: int = _opt(10, "log every N steps")
     seed: int = _opt(42, "random seed (data order, eval split, LoRA init)")

@@ -202,6 +202,11 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
               f"{len(eval_ds) if eval_ds else 0} eval items; {world} process(es)", file=sys.stderr)
 
     callbacks = list(extra_callbacks or [])
+    if cfg.bench:
+        from qwen_kit.eval.callback import BenchmarkCallback
+
+        callbacks.append(BenchmarkCallback(tokenizer, [b.strip() for b in cfg.bench.split(",") if b.strip()],
+                                           cfg.bench_steps, cfg.bench_limit, max_len=cfg.max_len))
     if is_main:  # one writer per folder: the run's own, plus e.g. AutoDL's /root/tf-logs panel
         for d in tb_dirs:
             cb = TensorBoardCallback(SummaryWriter(log_dir=str(d)))

@@ -148,19 +148,22 @@ def test_the_training_callback_records_benchmark_scores(tiny, tiny_qwen_dir, tmp
     monkeypatch.setenv("QWEN_KIT_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "train.json"
     data.write_text(json.dumps([{"instruction": f"Say {i}", "input": "", "output": f"{i} {i}"} for i in range(16)]))
-    cb = BenchmarkCallback(tiny.tokenizer, [str(MCQ)], every=2, limit=8)
     cfg = TrainConfig(model=str(tiny_qwen_dir), data=str(data), output_dir=str(tmp_path / "run"), max_len=64,
                       per_device_batch=4, learning_rate=1e-3, max_steps=4, eval_share=0.0, save_steps=1000,
-                      logging_steps=1, warmup_ratio=0.0)
-    run_sft(cfg, extra_callbacks=[cb])
+                      logging_steps=1, warmup_ratio=0.0, bench=str(MCQ), bench_steps=2, bench_limit=8)
+    summary = run_sft(cfg)  # --bench on scripts/sft.py: the same option
     lines = [json.loads(x) for x in open(tmp_path / "run" / "bench_scores.jsonl")]
     assert [x["step"] for x in lines] == [2, 4] and all(0 <= x["bench/mcq_small"] <= 100 for x in lines)
+    assert summary["global_step"] == 4
+    # the callback on its own, e.g. for a custom training loop
+    cb = BenchmarkCallback(tiny.tokenizer, [str(MCQ)], every=1, limit=4)
+    assert sum(len(v) for v in cb.items.values()) == 4
 
 
 def test_make_eval_runs_opencompass_with_the_six_configs():
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
     out = subprocess.run(["make", "--no-print-directory", "-n", "eval", "MODEL=Qwen/Qwen2.5-0.5B", "GPUS=0", "WORKERS=4"],
-                         cwd=ROOT, capture_output=True, text=True, check=True, env=env).stdout
+                         cwd=ROOT, capture_output=True, text=True, check=True, env=env).stdout.replace("\\\n", " ")
     line = next(ln for ln in out.splitlines() if "scripts/opencompass_eval.py" in ln)
     assert "Qwen/Qwen2.5-0.5B" in line and "--workers 4" in line and "--gpus 0" in line
     from qwen_kit.eval.opencompass import build_command
