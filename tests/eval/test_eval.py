@@ -26,9 +26,10 @@ def _agreement(scored, reference):
     return same / len(scored), abs(ours - theirs)
 
 
-def test_custom_mcq_agrees_with_opencompass(tiny):
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_custom_mcq_agrees_with_opencompass(tiny, share_prefix):
     reference = json.loads((REF / "mcq_small_opencompass.json").read_text())
-    scored = score_items(tiny.model, tiny.tokenizer, custom_mcq(MCQ), progress=False)
+    scored = score_items(tiny.model, tiny.tokenizer, custom_mcq(MCQ), progress=False, share_prefix=share_prefix)
     share, gap = _agreement(scored, reference)
     assert share >= 0.98 and gap <= 0.5, (share, gap)
     for s in scored:  # the perplexities themselves, not only the choices
