@@ -56,6 +56,9 @@ def run_experiment(sweep_path: str, overrides: dict[str, Any] | None = None, out
                      "steps": summary["global_step"], "final_train_loss": losses[-1] if losses else None,
                      "eval_loss": summary["eval_loss"], "tokens_per_s": summary["tokens_per_s"],
                      "peak_memory_mb": summary["peak_memory_mb"], "train_seconds": summary["train_seconds"]})
+        # --bench (the built-in evaluator during training): the final scores join the table
+        last = next((h for h in reversed(summary["log_history"]) if any(k.startswith("bench/") for k in h)), {})
+        rows[-1].update({k: v for k, v in last.items() if k.startswith("bench/")})
     write_report(root, name, rows, histories)
     return root
 
@@ -72,14 +75,34 @@ def write_report(root: Path, name: str, rows: list[dict], histories: dict[str, l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    bench = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("bench/")]
+    columns = COLUMNS + bench
     with open(root / "results.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
-    lines = [f"# Experiment: {name}", "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines = [f"# Experiment: {name}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
     lines += ["", "![loss curves](loss_curves.png)", "", "![final eval loss](final_eval_loss.png)", ""]
+    if bench:
+        lines += ["![benchmark accuracy](benchmarks.png)", ""]
     (root / "results.md").write_text("\n".join(lines), encoding="utf-8")
+    if bench:
+        import numpy as np
+
+        fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(bench) * len(rows) / 2), 3.5))
+        x = np.arange(len(bench))
+        width = 0.8 / len(rows)
+        for i, r in enumerate(rows):
+            ax.bar(x + (i - (len(rows) - 1) / 2) * width, [r.get(b) or 0.0 for b in bench], width, label=r["variant"])
+        ax.set_xticks(x, [b.split("/", 1)[1] for b in bench])
+        ax.set_ylabel("accuracy (%) at the end")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{name}: benchmark accuracy per variant")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(root / "benchmarks.png", dpi=120)
+        plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for vname, hist in histories.items():

@@ -6,7 +6,9 @@ import csv
 import json
 
 
-from tests.conftest import run_script
+from tests.conftest import ROOT, run_script
+
+MCQ = ROOT / "tests" / "eval" / "reference" / "mcq_small.jsonl"
 
 
 def test_sweep_writes_table_csv_and_plots(tiny_qwen_dir, tmp_path, monkeypatch):
@@ -16,7 +18,8 @@ def test_sweep_writes_table_csv_and_plots(tiny_qwen_dir, tmp_path, monkeypatch):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(f"""name: tiny-loss
 overrides: {{model: "{tiny_qwen_dir}", data: "{data}", max_steps: 3, eval_share: 0.2, eval_steps: 3,
-            max_len: 64, per_device_batch: 2, save_steps: 1000, logging_steps: 1}}
+            max_len: 64, per_device_batch: 2, save_steps: 1000, logging_steps: 1,
+            bench: "{MCQ}", bench_steps: 1000, bench_limit: 8}}
 variants:
   - {{name: full, loss: full}}
   - {{name: response, loss: response}}
@@ -29,7 +32,9 @@ variants:
     assert all(float(r["eval_loss"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
     md = (tmp_path / "exp" / "results.md").read_text()
     assert "| full |" in md and "loss_curves.png" in md
-    for png in ("loss_curves.png", "final_eval_loss.png"):
+    # --bench in the sweep: each variant's final benchmark accuracy is a column and a chart
+    assert all(0 <= float(r["bench/mcq_small"]) <= 100 for r in rows) and "benchmarks.png" in md
+    for png in ("loss_curves.png", "final_eval_loss.png", "benchmarks.png"):
         assert (tmp_path / "exp" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
