@@ -21,7 +21,7 @@ from typing import Sequence
 from qwen_kit.errors import UserError
 from qwen_kit.eval.datasets import BUILTIN, data_roots
 
-VENV = Path(".venv-eval")
+VENV = Path(__file__).resolve().parents[2] / ".venv-eval"  # beside .venv, made by make eval-venv
 # files each config reads (under <root>/data/), including the contamination annotations the
 # *_clean_* configs would otherwise fetch from GitHub at start-up
 NEEDS = {
@@ -120,7 +120,8 @@ def run_opencompass(model: str, datasets: Sequence[str], adapter: str | None = N
         import torch
 
         gpus = 1 if torch.cuda.is_available() else 0
-    exe = opencompass_exe() if not dry_run else VENV / "bin" / "opencompass"
+    # absolute: OpenCompass runs in the data folder (it resolves ./data/... from there)
+    exe = (opencompass_exe() if not dry_run else VENV / "bin" / "opencompass").resolve()
     cmd = build_command(str(ref.path), datasets, work, adapter or (str(ref.adapter) if ref.adapter else None),
                         gpus, workers, tokenizer, exe=exe)
     env = {**os.environ, **({"COMPASS_DATA_CACHE": str(root)} if root else {})}

@@ -61,13 +61,10 @@ def test_opencompass_itself_when_its_venv_exists(tiny_qwen_dir, tiny, tmp_path):
     exe = ROOT / ".venv-eval" / "bin" / "opencompass"
     if not exe.is_file():
         pytest.skip("no .venv-eval (make eval-venv); the committed reference outputs are checked instead")
-    from qwen_kit.model.portable import make_tokenizer_portable
-
-    make_tokenizer_portable(tiny_qwen_dir)
-    subprocess.run([str(exe), "--hf-type", "base", "--hf-path", str(tiny_qwen_dir), "--custom-dataset-path", str(MCQ),
-                    "--custom-dataset-data-type", "mcq", "--custom-dataset-infer-method", "ppl", "--hf-num-gpus", "0",
-                    "--max-seq-len", "2048", "--batch-size", "8", "-w", str(tmp_path / "oc")],
-                   check=True, capture_output=True, timeout=900, cwd=tmp_path)
+    # through the kit's own wrapper, as `make eval` runs it
+    res = run_script("opencompass_eval.py", str(tiny_qwen_dir), "--datasets", str(MCQ), "--out", str(tmp_path / "oc"),
+                     cwd=tmp_path, timeout=900)
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
     produced = next((tmp_path / "oc").glob("*/predictions/*/mcq_small.json"))
     theirs = {k: {"prediction": v["prediction"], "gold": v["gold"]} for k, v in json.loads(produced.read_text()).items()}
     share, gap = _agreement(score_items(tiny.model, tiny.tokenizer, custom_mcq(MCQ), progress=False), theirs)
