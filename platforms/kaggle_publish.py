@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def upload_dataset(folder: str | Path, slug: str, message: str = "", title: str 
     else:
         cmd = [kaggle, "datasets", "create", "-p", str(root), "-r", "zip"]
     if dry_run:
-        print("dry run; would run: " + " ".join(_quote(c) for c in cmd) + "\n(or `datasets version -m ...` "
+        print("dry run; would run: " + shlex.join(cmd) + "\n(or `datasets version -m ...` "
               "when the dataset already exists)")
         return cmd
     _run(cmd)
@@ -178,7 +179,7 @@ def push_kernel(spec: KernelSpec, out_dir: str | Path, dry_run: bool = False) ->
     folder = build_kernel(spec, out_dir)
     cmd = [_kaggle_cli() if not dry_run else "kaggle", "kernels", "push", "-p", str(folder)]
     if dry_run:
-        print(f"kernel folder written to {folder}\ndry run; would run: " + " ".join(_quote(c) for c in cmd))
+        print(f"kernel folder written to {folder}\ndry run; would run: " + shlex.join(cmd))
         return cmd
     _run(cmd)
     return cmd
@@ -223,7 +224,7 @@ def _kaggle_cli() -> str:
 
 def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
     if check:
-        print("+ " + " ".join(_quote(c) for c in cmd), file=sys.stderr)
+        print("+ " + shlex.join(cmd), file=sys.stderr)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     out = redact(proc.stdout)
     if check and out.strip():
@@ -233,7 +234,3 @@ def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
         last = lines[-1].strip() if lines else f"exit code {proc.returncode}"
         raise UserError(f"`kaggle {' '.join(cmd[1:3])}` failed: {last}")
     return proc
-
-
-def _quote(s: str) -> str:
-    return s if re.fullmatch(r"[\w./:=@+-]+", s) else "'" + s.replace("'", "'\\''") + "'"

@@ -13,28 +13,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qwen_kit.errors import UserError
+from qwen_kit.jsonl import read_jsonl
 
 
 def read_rows(path: str | Path, kind: str, check: Callable[[dict[str, Any]], str | None]) -> list[dict[str, Any]]:
-    """JSON Lines whose rows pass ``check`` (which returns a problem or None); a bad row is a
-    UserError with the file and line."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"{kind} file {p} does not exist")
-    rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{p}: line {n} is not valid JSON ({err.msg}); fix that line") from None
-        problem = "must be a JSON object" if not isinstance(row, dict) else check(row)
-        if problem:
-            raise UserError(f"{p}: line {n} {problem}")
-        rows.append(row)
+    """JSON Lines whose rows pass ``check``; a bad row is a UserError with the file and line."""
+    rows = [row for _, row in read_jsonl(path, kind, check)]
     if not rows:
-        raise UserError(f"{p} has no rows")
+        raise UserError(f"{Path(path).expanduser()} has no rows")
     return rows
 
 

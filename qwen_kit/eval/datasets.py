@@ -13,13 +13,13 @@ them. The custom format is OpenCompass's too: ``question, A, B, C, D, answer`` (
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from qwen_kit.errors import UserError
+from qwen_kit.jsonl import read_jsonl
 
 MMLU_SUBJECTS = ('college_biology', 'college_chemistry', 'college_computer_science', 'college_mathematics', 'college_physics', 'electrical_engineering', 'astronomy', 'anatomy', 'abstract_algebra', 'machine_learning', 'clinical_knowledge', 'global_facts', 'management', 'nutrition', 'marketing', 'professional_accounting', 'high_school_geography', 'international_law', 'moral_scenarios', 'computer_security', 'high_school_microeconomics', 'professional_law', 'medical_genetics', 'professional_psychology', 'jurisprudence', 'world_religions', 'philosophy', 'virology', 'high_school_chemistry', 'public_relations', 'high_school_macroeconomics', 'human_sexuality', 'elementary_mathematics', 'high_school_physics', 'high_school_computer_science', 'high_school_european_history', 'business_ethics', 'moral_disputes', 'high_school_statistics', 'miscellaneous', 'formal_logic', 'high_school_government_and_politics', 'prehistory', 'security_studies', 'high_school_biology', 'logical_fallacies', 'high_school_world_history', 'professional_medicine', 'high_school_mathematics', 'college_medicine', 'high_school_us_history', 'sociology', 'econometrics', 'high_school_psychology', 'human_aging', 'us_foreign_policy', 'conceptual_physics')
 
@@ -58,15 +58,7 @@ def find_data(relative: str, data_root: str | Path | None = None) -> Path:
 
 # -- the six OpenCompass configs --------------------------------------------------------------
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8", errors="ignore") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
-    return rows
+    return [row for _, row in read_jsonl(path, "dataset", errors="ignore")]
 
 
 def _mmlu_rows(path: Path) -> list[list[str]]:
@@ -171,15 +163,7 @@ def custom_mcq(path: str | Path) -> list[McqItem]:
     if not p.is_file():
         raise UserError(f"{p} does not exist")
     if p.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{p}: line {number} is not valid JSON ({err.msg}); fix that line") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{p}: line {number} must be a JSON object with question, A, B, ..., answer")
-            rows.append((number, row))
+        rows = read_jsonl(p, "question")
     elif p.suffix == ".csv":
         with open(p, encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)

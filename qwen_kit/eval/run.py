@@ -35,13 +35,13 @@ class EvalConfig:
 
 def check_datasets(names: Sequence[str]) -> None:
     """Unknown names and malformed custom files fail here, with the file and line."""
-    from qwen_kit.eval.datasets import BUILTIN, custom_mcq
+    from qwen_kit.eval.datasets import BUILTIN
 
     if not names:
         raise UserError("no datasets given")
     for name in names:
-        if name not in BUILTIN:
-            load_items(name) if not Path(name).is_file() else custom_mcq(name)
+        if name not in BUILTIN:  # a custom file is read in full here; built-in data after the model loads
+            load_items(name)
 
 
 def collect_items(names: Sequence[str], tokenizer: Any, data_root: str | None = None, max_len: int = 2048,

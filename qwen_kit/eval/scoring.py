@@ -83,7 +83,7 @@ def score_items(model: Any, tokenizer: Any, items: Sequence[McqItem], batch_size
                             lambda i, k, v, chunk=chunk: results.__setitem__((chunk[i], k), v))
                     bar.update(sum(len(toks[n]) for n in chunk))
             if slow:
-                _plain(model, tokenizer, items, slow, batch_size, max_len, pad, device, results, bar)
+                _plain(model, tokenizer, items, toks, slow, batch_size, max_len, pad, device, results, bar)
     finally:
         model.train(was_training)
     scored = []
@@ -151,8 +151,8 @@ def _shared(model: Any, seqs_per_item: list[list[list[int]]], pad: int, pad_logi
         put(i, k, float(total / len(seqs_per_item[i][k])))
 
 
-def _plain(model: Any, tokenizer: Any, items: Sequence[McqItem], which: list[int], batch_size: int, max_len: int,
-           pad: int, device: Any, results: dict, bar: Any) -> None:
+def _plain(model: Any, tokenizer: Any, items: Sequence[McqItem], all_toks: list[list[list[int]]], which: list[int],
+           batch_size: int, max_len: int, pad: int, device: Any, results: dict, bar: Any) -> None:
     """OpenCompass's own computation: per dataset, per label, batches in order, left-padded."""
     import torch
 
@@ -166,7 +166,7 @@ def _plain(model: Any, tokenizer: Any, items: Sequence[McqItem], which: list[int
             todo = [n for n in members if k < len(items[n].texts)]
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
-                toks = [tokenizer(items[n].texts[k], add_special_tokens=True)["input_ids"][-max_len:] for n in batch]
+                toks = [all_toks[n][k][-max_len:] for n in batch]  # OpenCompass truncates from the left
                 width = max(len(t) for t in toks)
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from qwen_kit.errors import UserError
+from qwen_kit.jsonl import read_jsonl
 from qwen_kit.retrieval.hybrid import HybridRetriever
 
 MODES = ("bm25", "dense", "hybrid")
@@ -14,21 +13,12 @@ MODES = ("bm25", "dense", "hybrid")
 
 def read_qa(path: str) -> list[dict[str, Any]]:
     """QA lines ``{"question", "answers": [...], "doc"}``; a bad line is a UserError naming it."""
-    items = []
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"QA file {p} does not exist")
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{p}: line {n} is not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict) or not row.get("question") or not row.get("doc") or not isinstance(row.get("answers"), list):
-            raise UserError(f"{p}: line {n} needs question, answers (a list) and doc")
-        items.append(row)
-    return items
+    def check(row: dict[str, Any]) -> str | None:
+        if not row.get("question") or not row.get("doc") or not isinstance(row.get("answers"), list):
+            return "needs question, answers (a list) and doc"
+        return None
+
+    return [row for _, row in read_jsonl(path, "QA", check)]
 
 
 def retrieval_metrics(retriever: HybridRetriever, qa: list[dict[str, Any]], ks=(1, 3, 5)) -> dict[str, dict[str, float]]:
