@@ -29,6 +29,9 @@ LAUNCH = $(if $(filter-out 0 1,$(GPUS) $(NNODES)),$(TORCHRUN),$(PY))
 LORA_MODEL  = $(if $(filter command line environment,$(origin MODEL)),$(MODEL),qwen2.5-1.5b)
 LORA_CONFIG = configs/lora_$(subst -,_,$(LORA_MODEL)).yaml
 DATA   ?=
+# Web UI: the folders the page may offer (it reads nothing else)
+KB       ?= data/knowledge
+PERSONAS ?= data/personas
 PYTEST_ARGS ?=
 # Evaluation: OpenCompass in its own venv (it needs transformers<5, numpy<2, pyarrow<26)
 EVAL_VENV  ?= .venv-eval
@@ -42,7 +45,7 @@ LICENSE ?= apache-2.0
 KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo chat test test-fast bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
+.PHONY: help venv demo chat webui test test-fast bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
 	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
 
 help: ## list targets and variables
@@ -68,6 +71,11 @@ demo: $(STAMP) ## chat with the offline demo model over the sample knowledge bas
 
 chat: $(STAMP) ## chat with MODEL (folder, hub id or demo)
 	$(PY) scripts/chat.py --model $(MODEL) $(ARGS)
+
+webui: $(STAMP) ## browser chat over MODEL, offering KB and PERSONAS (HOST= PORT= AUTH=user:pass ADAPTER=)
+	$(PY) scripts/webui.py --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) $(foreach k,$(KB),--kb $(k)) \
+		$(foreach p,$(PERSONAS),--personas $(p)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) \
+		$(if $(AUTH),--auth $(AUTH)) $(ARGS)
 
 sft: $(STAMP) ## fine-tune with CONFIG on GPUS devices (ARGS adds flags, e.g. ARGS="--resume latest")
 	$(LAUNCH) scripts/sft.py --config $(CONFIG) $(ARGS)

@@ -56,6 +56,10 @@ class AutoDLPlatform(Platform):
     def tensorboard_dirs(self, run_root: Path, run_name: str) -> list[Path]:
         return [run_root / "tensorboard" / run_name, _root() / "tf-logs" / run_name]
 
+    def webui_address(self) -> tuple[str, int]:
+        """AutoDL forwards port 6006 of the instance as its "custom service" (自定义服务)."""
+        return "0.0.0.0", 6006
+
     def env_defaults(self) -> dict[str, str]:
         cache = self.data_disk / "cache"
         return {"HF_HOME": str(cache / "huggingface"), "MODELSCOPE_CACHE": str(cache / "modelscope")}

@@ -69,5 +69,9 @@ class Platform:
         """Extra environment for a hub download only (e.g. an academic proxy)."""
         return {}
 
+    def webui_address(self) -> tuple[str, int]:
+        """Where ``scripts/webui.py`` listens unless told otherwise: only this machine."""
+        return "127.0.0.1", 7860
+
     def describe(self) -> str:
         return f"{self.name}: models in {', '.join(map(str, self.model_dirs())) or '-'}"

@@ -71,25 +71,80 @@ def build_chat(cfg: ChatConfig) -> Chat:
         from qwen_kit.chat.persona import load_persona
 
         persona = load_persona(cfg.persona)
+    loaded = load_chat_model(cfg)
+    _, budget = context_budget(cfg, loaded)
+    embedder = None
+    if cfg.rag or cfg.memory or (persona and persona.documents):
+        from qwen_kit.retrieval.hybrid import Embedder
+
+        embedder = Embedder(cfg.embedder)
+    memory = open_memory(cfg, embedder, loaded.tokenizer, budget) if cfg.memory else None
+    persona_docs = open_knowledge(persona.documents, embedder) if persona and persona.documents else None
+    knowledge = open_knowledge([cfg.rag], embedder) if cfg.rag else None
+    return assemble_chat(cfg, loaded, persona=persona, persona_knowledge=persona_docs, knowledge=knowledge,
+                         memory=memory)
+
+
+def load_chat_model(cfg: ChatConfig) -> Any:
+    """The model and tokenizer ``cfg`` names (the demo model when no default can be had)."""
     name = cfg.model
     if name is None:
         name = default_chat_model()
         if name == DEMO:
             print(f"{DEFAULT_CHAT_MODEL} is not on this machine and the hub cannot be reached; "
                   "using the offline demo model (SmolLM2-135M-Instruct)", file=sys.stderr)
-    loaded = load_model(name, LoadOptions(cfg.adapter, cfg.load_in_4bit, cfg.dtype, cfg.device, cfg.trust_remote_code))
-    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  top_k=cfg.sample_top_k, repetition_penalty=cfg.repetition_penalty,
-                                  greedy=cfg.greedy, seed=cfg.seed)
+    return load_model(name, LoadOptions(cfg.adapter, cfg.load_in_4bit, cfg.dtype, cfg.device, cfg.trust_remote_code))
+
+
+def generation_settings(cfg: ChatConfig) -> GenerationSettings:
     if cfg.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {cfg.max_new_tokens}")
-    max_context = cfg.max_context or min(4096, getattr(loaded.model.config, "max_position_embeddings", 4096))
-    budget = max_context - cfg.max_new_tokens
-    embedder = None
-    if cfg.rag or cfg.memory or (persona and persona.documents):
-        from qwen_kit.retrieval.hybrid import Embedder
+    return GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                              top_k=cfg.sample_top_k, repetition_penalty=cfg.repetition_penalty,
+                              greedy=cfg.greedy, seed=cfg.seed)
 
-        embedder = Embedder(cfg.embedder)
+
+def context_budget(cfg: ChatConfig, loaded: Any) -> tuple[int, int]:
+    """``(max_context, prompt budget)``: the budget is what is left after the answer's room."""
+    max_context = cfg.max_context or min(4096, getattr(loaded.model.config, "max_position_embeddings", 4096))
+    return max_context, max_context - cfg.max_new_tokens
+
+
+def open_knowledge(paths: list[str], embedder: Any) -> Any:
+    """One retriever over documents folders, files or saved indexes (a persona may list several)."""
+    from qwen_kit.retrieval.index import open_knowledge_base
+
+    retrievers = [open_knowledge_base(p, embedder) for p in paths]
+    retriever = retrievers[0]
+    for other in retrievers[1:]:
+        retriever.add(other.chunks, other.vectors)
+        retriever.file_hashes.update(other.file_hashes)
+    print(f"knowledge base: {len(retriever.chunks)} chunks from {len(retriever.file_hashes)} files", file=sys.stderr)
+    return retriever
+
+
+def open_memory(cfg: ChatConfig, embedder: Any, tokenizer: Any, budget: int) -> Any:
+    """Long-term memory of ``cfg.user`` in ``cfg.memory_file`` (default: the platform's working folder)."""
+    from qwen_kit.chat.memory import DEFAULT_FILE, LongTermMemory
+    from platforms import current_platform
+
+    path = cfg.memory_file or str(current_platform().working_dir() / DEFAULT_FILE)
+    memory = LongTermMemory(path, embedder, tokenizer, user=cfg.user, top_k=cfg.memory_top_k,
+                            max_tokens=int(0.25 * budget))
+    print(f"long-term memory: {len(memory.records)} rounds of user {cfg.user!r} in {memory.file.path}",
+          file=sys.stderr)
+    return memory
+
+
+def assemble_chat(cfg: ChatConfig, loaded: Any, *, persona: Any = None, persona_knowledge: Any = None,
+                  knowledge: Any = None, memory: Any = None) -> Chat:
+    """A new conversation over an already loaded model, with already opened retrievers and
+    memory (the web UI shares them between its conversations; the terminal has one)."""
+    from qwen_kit.chat.engine import combine_contexts
+    from qwen_kit.chat.knowledge import KnowledgeContext
+
+    settings = generation_settings(cfg)
+    max_context, budget = context_budget(cfg, loaded)
     user_name = cfg.user if cfg.user != "default" else "User"
     sources: list[Any] = []
     system = cfg.system
@@ -99,24 +154,13 @@ def build_chat(cfg: ChatConfig) -> Chat:
         if system is None:
             system = persona.system_message(user_name, cfg.persona_layout)
         sources.append(PersonaContext(persona, user_name))
-        if persona.documents:
-            sources.append(_knowledge(persona.documents, embedder, loaded.tokenizer, cfg.top_k, int(0.25 * budget)))
-    if cfg.rag:
+        if persona_knowledge is not None:
+            sources.append(KnowledgeContext(persona_knowledge, loaded.tokenizer, cfg.top_k, int(0.25 * budget)))
+    if knowledge is not None:
         # retrieved text may use up to 40% of the prompt budget; the dialogue keeps the rest
-        sources.append(_knowledge([cfg.rag], embedder, loaded.tokenizer, cfg.top_k, int(0.4 * budget)))
-    memory = None
-    if cfg.memory:
-        from qwen_kit.chat.memory import DEFAULT_FILE, LongTermMemory
-        from platforms import current_platform
-
-        path = cfg.memory_file or str(current_platform().working_dir() / DEFAULT_FILE)
-        memory = LongTermMemory(path, embedder, loaded.tokenizer, user=cfg.user, top_k=cfg.memory_top_k,
-                                max_tokens=int(0.25 * budget))
-        print(f"long-term memory: {len(memory.records)} rounds of user {cfg.user!r} in {memory.file.path}",
-              file=sys.stderr)
+        sources.append(KnowledgeContext(knowledge, loaded.tokenizer, cfg.top_k, int(0.4 * budget)))
+    if memory is not None:
         sources.append(memory)
-    from qwen_kit.chat.engine import combine_contexts
-
     engine = ChatEngine(loaded.model, loaded.tokenizer, system=system, settings=settings,
                         max_context=max_context, eos_token_ids=loaded.eos_token_ids,
                         context_fn=combine_contexts(*sources), context_placement=cfg.context_in,
@@ -126,17 +170,9 @@ def build_chat(cfg: ChatConfig) -> Chat:
     return Chat(engine, memory, persona)
 
 
-def _knowledge(paths: list[str], embedder: Any, tokenizer: Any, top_k: int, max_tokens: int) -> Any:
-    from qwen_kit.chat.knowledge import KnowledgeContext
-    from qwen_kit.retrieval.index import open_knowledge_base
-
-    retrievers = [open_knowledge_base(p, embedder) for p in paths]
-    retriever = retrievers[0]
-    for other in retrievers[1:]:  # a persona may list several folders or files
-        retriever.add(other.chunks, other.vectors)
-        retriever.file_hashes.update(other.file_hashes)
-    print(f"knowledge base: {len(retriever.chunks)} chunks from {len(retriever.file_hashes)} files", file=sys.stderr)
-    return KnowledgeContext(retriever, tokenizer, top_k, max_tokens=max_tokens)
+def conversation_record(engine: ChatEngine) -> dict[str, Any]:
+    """The conversation as saved by ``/save`` and the web UI's export."""
+    return {"system": engine.system, "rounds": [asdict(r) for r in engine.rounds]}
 
 
 class ChatSession:
@@ -217,7 +253,7 @@ class ChatSession:
         if not target:
             self.info("usage: /save FILE")
             return
-        data = {"system": self.engine.system, "rounds": [asdict(r) for r in self.engine.rounds]}
+        data = conversation_record(self.engine)
         try:
             Path(target).expanduser().write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
         except OSError as err:

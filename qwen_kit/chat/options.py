@@ -1,0 +1,55 @@
+"""Command-line options shared by the terminal chat and the web UI: one definition of each
+flag, so ``chat.py --temperature`` and ``webui.py --temperature`` cannot drift apart."""
+
+from __future__ import annotations
+
+import argparse
+
+from qwen_kit.chat.cli import ChatConfig
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("model")
+    m.add_argument("--model", help="folder, hub id, platform model name, or 'demo' "
+                   "(default: Qwen/Qwen2.5-0.5B-Instruct when available, else demo)")
+    m.add_argument("--adapter", help="PEFT LoRA adapter folder to apply")
+    m.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,
+                   help="bitsandbytes nf4 weights with double quantisation (GPU or CPU); default: on for "
+                        "models of 1.5B and up on a Kaggle GPU, off elsewhere")
+    m.add_argument("--dtype", default=ChatConfig.dtype, choices=["auto", "float32", "bfloat16", "float16"])
+    m.add_argument("--device", default=ChatConfig.device, help="auto, cpu, cuda or cuda:N")
+    m.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code to run")
+
+
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+    d = ChatConfig
+    g = p.add_argument_group("generation")
+    g.add_argument("--system", help="system message (default: the chat template's own)")
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    g.add_argument("--temperature", type=float, default=d.temperature)
+    g.add_argument("--top-p", type=float, default=d.top_p)
+    g.add_argument("--sample-top-k", type=int, default=d.sample_top_k, help="sampling: keep the k likeliest tokens")
+    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
+    g.add_argument("--greedy", action="store_true", help="deterministic decoding, no sampling")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--max-context", type=int, help="prompt + answer token budget (default: min(4096, model limit))")
+
+
+def add_retrieval_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    k = p.add_argument_group("knowledge base")
+    k.add_argument("--top-k", type=int, default=ChatConfig.top_k, help="chunks retrieved per question")
+    k.add_argument("--embedder", help="sentence-transformers model (default: bundled all-MiniLM-L6-v2)")
+    k.add_argument("--context-in", default=ChatConfig.context_in, choices=["user", "system"],
+                   help="where retrieved text goes: quoted in the user turn (scored best, docs/knowledge.md) "
+                        "or the system message")
+    return k
+
+
+def add_persona_memory_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    v = p.add_argument_group("persona and long-term memory")
+    v.add_argument("--persona-layout", default=ChatConfig.persona_layout, choices=["second", "fields"],
+                   help="persona as prose addressed to the model, or as labelled card fields")
+    v.add_argument("--memory-file", help="memory file (default: chat_history.txt in the platform's working folder)")
+    v.add_argument("--user", default=ChatConfig.user, help="whose memories these are; each user's are kept apart")
+    v.add_argument("--memory-top-k", type=int, default=ChatConfig.memory_top_k, help="memories recalled per turn")
+    return v

@@ -1,0 +1,193 @@
+"""The Gradio page over :class:`~qwen_kit.webui.service.WebChatService`.
+
+Each browser tab gets its own :class:`~qwen_kit.webui.service.Conversation` (Gradio session
+state); all of them share the one model. Sending a message goes through one Gradio queue with
+a single slot (``concurrency_id="model"``), so a tab that has to wait sees its place in the
+queue on the chat itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from qwen_kit.errors import UserError
+from qwen_kit.webui.service import NONE, Conversation, WebChatService, WebConfig, sampling_from, server_address
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a closed network
+try:
+    import gradio as gr
+except ImportError:  # the [webui] extra is not installed; run_webui says how to get it
+    gr = None
+
+CSS = """
+#qk-header {margin-bottom: 0}
+#qk-header p {margin: 0}
+footer {display: none !important}
+"""
+
+
+def build_page(service: WebChatService) -> Any:
+    cfg = service.cfg.chat
+    export_dir = Path(tempfile.mkdtemp(prefix="qwen_kit_exports_"))
+
+    def new_conversation(persona: str, kb: str, memory_on: bool) -> Conversation:
+        return service.conversation(persona, kb, memory_on)
+
+    def ensure(conv: Conversation | None, persona: str, kb: str, memory_on: bool) -> Conversation:
+        return conv if conv is not None else new_conversation(persona, kb, memory_on)
+
+    def fail(err: UserError) -> None:
+        raise gr.Error(str(err), print_exception=False)
+
+    with gr.Blocks(title="qwen_kit chat", fill_height=True) as page:
+        conv_state = gr.State(None, delete_callback=lambda conv: conv.close() if conv is not None else None)
+        gr.Markdown(f"**qwen_kit chat** · model: `{service.model_name}`", elem_id="qk-header")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(elem_id="qk-chat", height=520, label="Conversation",
+                                     buttons=["copy", "copy_all"], feedback_options=None)
+                with gr.Row():
+                    box = gr.Textbox(elem_id="qk-input", show_label=False, scale=5, autofocus=True,
+                                     placeholder="Type a message and press Enter")
+                    send = gr.Button("Send", variant="primary", elem_id="qk-send", scale=1, min_width=80)
+                with gr.Row():
+                    reset = gr.Button("New conversation", elem_id="qk-reset", size="sm")
+                    export = gr.Button("Export (JSON)", elem_id="qk-export", size="sm")
+                exported = gr.File(label="Exported conversation", visible=False, elem_id="qk-exported")
+            with gr.Column(scale=2):
+                persona = gr.Dropdown(service.persona_choices(), value=NONE, label="Persona",
+                                      elem_id="qk-persona", interactive=len(service.personas) > 0)
+                kb = gr.Dropdown(service.knowledge_choices(), value=NONE, label="Knowledge base",
+                                 elem_id="qk-kb", interactive=len(service.knowledge) > 0)
+                memory_on = gr.Checkbox(value=service.cfg.memory, label="Long-term memory",
+                                        elem_id="qk-memory-switch",
+                                        info=f"rounds that leave the prompt go to {service.memory.file.path.name}")
+                with gr.Accordion("Sampling", open=False, elem_id="qk-sampling"):
+                    greedy = gr.Checkbox(value=cfg.greedy, label="Greedy (deterministic)")
+                    temperature = gr.Slider(0.05, 2.0, value=cfg.temperature, step=0.05, label="Temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=cfg.top_p, step=0.05, label="Top-p")
+                    top_k = gr.Slider(0, 200, value=cfg.sample_top_k, step=1, label="Top-k (0: off)")
+                    penalty = gr.Slider(1.0, 2.0, value=cfg.repetition_penalty, step=0.01, label="Repetition penalty")
+                    max_new = gr.Slider(1, max(2, service.max_context // 2), value=cfg.max_new_tokens, step=1,
+                                        label="Max new tokens")
+                with gr.Accordion("Memories", open=False, elem_id="qk-memories"):
+                    with gr.Row():
+                        query = gr.Textbox(show_label=False, placeholder="search memories (empty: latest)",
+                                           elem_id="qk-memory-query", scale=3)
+                        search = gr.Button("Search", elem_id="qk-memory-search", scale=1, size="sm")
+                    table = gr.Dataframe(headers=["id", "time", "you said", "reply"], elem_id="qk-memory-table",
+                                         interactive=False, wrap=True, value=service.memories(),
+                                         column_widths=["18%", "18%", "32%", "32%"])
+                    with gr.Row():
+                        forget_id = gr.Textbox(show_label=False, placeholder="id to forget (or: all)",
+                                               elem_id="qk-forget-id", scale=3)
+                        forget = gr.Button("Forget", variant="stop", elem_id="qk-forget", scale=1, size="sm")
+                    memory_note = gr.Markdown(elem_id="qk-memory-note")
+
+        setup = [persona, kb, memory_on]
+        sampling = [greedy, temperature, top_p, top_k, penalty, max_new]
+
+        def on_load(persona_v: str, kb_v: str, mem_v: bool):
+            conv = new_conversation(persona_v, kb_v, mem_v)
+            return conv, conv.messages()
+
+        def on_setup(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool):
+            conv = ensure(conv, persona_v, kb_v, mem_v)
+            try:
+                conv.configure(persona_v, kb_v, mem_v)
+            except UserError as err:
+                fail(err)
+            return conv, conv.messages()
+
+        def on_send(conv: Conversation | None, text: str, persona_v: str, kb_v: str, mem_v: bool,
+                    greedy_v: bool, temp_v: float, top_p_v: float, top_k_v: int, penalty_v: float, max_new_v: int):
+            conv = ensure(conv, persona_v, kb_v, mem_v)
+            text = (text or "").strip()
+            if not text:
+                yield conv, conv.messages(), ""
+                return
+            try:
+                conv.set_sampling(sampling_from(cfg, greedy=bool(greedy_v), temperature=float(temp_v),
+                                                top_p=float(top_p_v), top_k=int(top_k_v),
+                                                repetition_penalty=float(penalty_v), max_new_tokens=int(max_new_v)))
+                yield conv, conv.messages((text, "", {})), ""
+                for reply, extras in conv.stream(text):
+                    yield conv, conv.messages((text, reply, extras)), ""
+            except UserError as err:
+                fail(err)
+            yield conv, conv.messages(), ""
+
+        def on_reset(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool):
+            conv = ensure(conv, persona_v, kb_v, mem_v)
+            kept = conv.reset()
+            if kept:
+                gr.Info(f"{kept} rounds kept in long-term memory")
+            return conv, conv.messages()
+
+        def on_export(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool):
+            conv = ensure(conv, persona_v, kb_v, mem_v)
+            return conv, gr.update(value=str(conv.export(export_dir)), visible=True)
+
+        def on_search(text: str):
+            return service.memories(text or "")
+
+        def on_forget(target: str, text: str):
+            try:
+                n = service.forget(target or "")
+            except UserError as err:
+                return gr.update(), f"⚠️ {err}", target
+            return service.memories(text or ""), f"forgot {n} memor{'y' if n == 1 else 'ies'}", ""
+
+        def on_pick(evt: gr.SelectData):  # a clicked row fills in its id
+            row = evt.row_value if evt.row_value else None
+            return row[0] if row else ""
+
+        page.load(on_load, setup, [conv_state, chatbot])
+        for control in setup:
+            control.change(on_setup, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model")
+        for trigger in (box.submit, send.click):
+            trigger(on_send, [conv_state, box, *setup, *sampling], [conv_state, chatbot, box],
+                    concurrency_id="model", concurrency_limit=1, show_progress="minimal")
+        reset.click(on_reset, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model")
+        chatbot.clear(on_reset, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model")
+        export.click(on_export, [conv_state, *setup], [conv_state, exported])
+        search.click(on_search, [query], [table])
+        query.submit(on_search, [query], [table])
+        forget.click(on_forget, [forget_id, query], [table, memory_note, forget_id])
+        forget_id.submit(on_forget, [forget_id, query], [table, memory_note, forget_id])
+        table.select(on_pick, None, [forget_id])
+    page.queue(default_concurrency_limit=1)
+    return page
+
+
+def theme() -> Any:
+    # System fonts: Gradio's default theme loads Google Fonts, which a closed network or a
+    # mainland-China connection cannot reach (the page then waits for them).
+    return gr.themes.Soft(font=["system-ui", "PingFang SC", "Microsoft YaHei", "sans-serif"],
+                          font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+def run_webui(cfg: WebConfig) -> int:
+    """Check the address and login, load everything, serve until interrupted."""
+    address = server_address(cfg)  # refuse an open public page before loading anything
+    if gr is None:
+        raise UserError("the web UI needs Gradio: pip install -e '.[webui]' (or: make webui)")
+    service = WebChatService(cfg)
+    page = build_page(service)
+    print(f"qwen_kit web UI: http://{'127.0.0.1' if address.host in ('0.0.0.0', '::') else address.host}:"
+          f"{address.port}" + ("  (login required)" if address.auth else ""), file=sys.stderr, flush=True)
+    try:
+        page.launch(server_name=address.host, server_port=address.port, share=address.share,
+                    auth=address.auth, auth_message="qwen_kit: log in with the --auth user and password",
+                    ssr_mode=False, show_error=True, quiet=True, theme=theme(), css=CSS,
+                    footer_links=[], allowed_paths=[], pwa=False, mcp_server=False)
+    except OSError as err:
+        raise UserError(f"cannot listen on {address.host}:{address.port} ({err}); "
+                        "choose another --port or stop what uses it") from None
+    finally:
+        service.close_all()
+    return 0

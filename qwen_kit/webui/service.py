@@ -1,0 +1,344 @@
+"""What the web page does, without the page: one loaded model shared by many conversations.
+
+The Gradio page (:mod:`qwen_kit.webui.app`) only turns clicks into calls on
+:class:`WebChatService` and :class:`Conversation`. Every conversation is a
+:class:`~qwen_kit.chat.cli.Chat` built by the same :func:`~qwen_kit.chat.cli.assemble_chat`
+as the terminal chat, so the web UI adds no second chat engine.
+
+Files: the page names knowledge bases and personas by label, never by path. The labels are
+fixed at start from the folders given on the command line (``--kb``, ``--personas``); a
+label that is not one of them is refused, and a persona whose documents lie outside those
+folders is not offered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from qwen_kit.chat.cli import (Chat, ChatConfig, assemble_chat, context_budget, conversation_record,
+                               generation_settings, load_chat_model, open_knowledge, open_memory)
+from qwen_kit.chat.engine import GenerationFailed, GenerationSettings
+from qwen_kit.chat.prompt import ContextOverflow
+from qwen_kit.errors import UserError
+
+NONE = "(none)"
+EMPTY_REPLY = "*(the model ended its reply without any text)*"
+PERSONA_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class WebConfig:
+    """Everything ``scripts/webui.py`` accepts besides the chat's own flags."""
+
+    chat: ChatConfig = field(default_factory=ChatConfig)
+    knowledge: list[str] = field(default_factory=list)  # documents folders or saved indexes
+    personas: list[str] = field(default_factory=list)  # persona files or folders of them
+    memory: bool = False  # the memory switch's starting position
+    host: str | None = None  # None: the platform's default (AutoDL: 0.0.0.0)
+    port: int | None = None
+    share: bool = False
+    auth: str | None = None  # "user:password"
+    no_auth: bool = False
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    host: str
+    port: int
+    share: bool
+    auth: tuple[str, str] | None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_address(cfg: WebConfig, platform: Any = None) -> ServerAddress:
+    """Where to listen and with which login; refuses an open page reachable by others."""
+    if platform is None:
+        from platforms import current_platform
+
+        platform = current_platform()
+    default_host, default_port = platform.webui_address()
+    host, port = cfg.host or default_host, cfg.port or default_port
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    auth = None
+    if cfg.auth is not None:
+        if cfg.no_auth:
+            raise UserError("give either --auth USER:PASSWORD or --no-auth, not both")
+        user, sep, password = cfg.auth.partition(":")
+        if not sep or not user or not password:
+            raise UserError("--auth must look like USER:PASSWORD (both parts non-empty)")
+        auth = (user, password)
+    exposed = cfg.share or not is_loopback(host)
+    if exposed and auth is None and not cfg.no_auth:
+        where = "a public --share link" if cfg.share else f"--host {host}"
+        raise UserError(f"{where} lets other people reach the page; add --auth USER:PASSWORD "
+                        "(or --no-auth if you really want it open)")
+    return ServerAddress(host, port, cfg.share, auth)
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    path = path.resolve()
+    return any(path == root or root in path.parents for root in roots)
+
+
+class WebChatService:
+    """The model, the knowledge bases, the personas and the memory file, loaded once at start
+    and shared by every open conversation. One generation runs at a time."""
+
+    def __init__(self, cfg: WebConfig, loaded: Any = None):
+        from qwen_kit.chat.persona import load_persona
+
+        self.cfg = cfg
+        self.roots = [Path(p).expanduser().resolve() for p in [*cfg.knowledge, *cfg.personas]]
+        for given, root in zip([*cfg.knowledge, *cfg.personas], self.roots):
+            if not root.exists():
+                raise UserError(f"{given}: no such file or folder; check --kb / --personas")
+        persona_files = self._persona_files()
+        self.personas: dict[str, Any] = {}
+        for path in persona_files:
+            try:
+                persona = load_persona(path)
+            except UserError as err:
+                if str(path) in map(str, self._given_files()):
+                    raise
+                print(f"qwen_kit: skipping persona {path}: {err}", file=sys.stderr)
+                continue
+            outside = [d for d in persona.documents if not _inside(Path(d), self.roots)]
+            if outside:  # the page must not read files outside the folders given at start
+                print(f"qwen_kit: skipping persona {path}: its documents {outside[0]} are outside "
+                      "the folders given with --kb / --personas", file=sys.stderr)
+                continue
+            label = f"{persona.name} ({path.name})"
+            self.personas[label] = persona
+        self.loaded = loaded or load_chat_model(cfg.chat)
+        self.max_context, self.budget = context_budget(cfg.chat, self.loaded)
+        from qwen_kit.retrieval.hybrid import Embedder
+
+        self.embedder = Embedder(cfg.chat.embedder)
+        self.knowledge: dict[str, Any] = {}
+        for p in cfg.knowledge:
+            self.knowledge[self._kb_label(p)] = open_knowledge([p], self.embedder)
+        self.persona_docs = {label: open_knowledge(p.documents, self.embedder)
+                             for label, p in self.personas.items() if p.documents}
+        self.memory = open_memory(cfg.chat, self.embedder, self.loaded.tokenizer, self.budget)
+        self.model_lock = threading.Lock()  # one generation at a time on the one model
+        self.state_lock = threading.RLock()  # prompt building and memory edits
+        self._open: weakref.WeakSet[Conversation] = weakref.WeakSet()
+        self._chunks: dict[int, dict[str, Any]] = {}
+
+    # -- what the page may offer -------------------------------------------------------------
+    def _given_files(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in self.cfg.personas if Path(p).expanduser().is_file()]
+
+    def _persona_files(self) -> list[Path]:
+        files: list[Path] = []
+        for given in self.cfg.personas:
+            p = Path(given).expanduser().resolve()
+            if p.is_dir():
+                files += sorted(f for f in p.iterdir() if f.suffix.lower() in PERSONA_SUFFIXES and f.is_file())
+            else:
+                files.append(p)
+        return files
+
+    def _kb_label(self, path: str) -> str:
+        p = Path(path).expanduser().resolve()
+        label, n = p.name or str(p), 2
+        while label in self.knowledge:
+            label, n = f"{p.name} ({n})", n + 1
+        return label
+
+    def persona_choices(self) -> list[str]:
+        return [NONE, *self.personas]
+
+    def knowledge_choices(self) -> list[str]:
+        return [NONE, *self.knowledge]
+
+    def _pick(self, label: str | None, offered: dict[str, Any], what: str) -> str | None:
+        if not label or label == NONE:
+            return None
+        if label not in offered:
+            raise UserError(f"{what} {label!r} is not one of those given at start ({', '.join(offered) or 'none'})")
+        return label
+
+    @property
+    def model_name(self) -> str:
+        ref = self.loaded.ref
+        text = f"{ref.name}" + (f" + adapter {self.loaded.adapter.name}" if self.loaded.adapter else "")
+        p = self.loaded.precision
+        return f"{text} · {p.device} · {'4-bit' if p.load_in_4bit else p.dtype}"
+
+    # -- conversations ----------------------------------------------------------------------
+    def conversation(self, persona: str | None = None, knowledge: str | None = None,
+                     memory: bool | None = None) -> "Conversation":
+        conv = Conversation(self, self._pick(persona, self.personas, "persona"),
+                            self._pick(knowledge, self.knowledge, "knowledge base"),
+                            self.cfg.memory if memory is None else memory)
+        self._open.add(conv)
+        return conv
+
+    def close_all(self) -> None:
+        """Server shutdown: every open conversation's rounds go to long-term memory."""
+        for conv in list(self._open):
+            conv.close()
+
+    def chunk_text(self, conv: "Conversation", chunk_id: str) -> str:
+        for retriever in (self.knowledge.get(conv.knowledge or ""), self.persona_docs.get(conv.persona or "")):
+            if retriever is None:
+                continue
+            table = self._chunks.get(id(retriever))
+            if table is None:
+                table = self._chunks[id(retriever)] = {c.id: c.text for c in retriever.chunks}
+            if chunk_id in table:
+                return table[chunk_id]
+        return ""
+
+    # -- memory panel -----------------------------------------------------------------------
+    def memories(self, query: str = "", limit: int = 50) -> list[list[str]]:
+        with self.state_lock:
+            return [[r.id, r.time[:16], r.user_text, r.reply] for r in self.memory.listing(query, limit)]
+
+    def forget(self, target: str) -> int:
+        with self.state_lock:
+            return self.memory.forget(target)
+
+
+class Conversation:
+    """One browser tab's conversation: persona, knowledge base and memory switch, and the
+    chat built from them. Changing the knowledge base or the memory switch keeps the
+    dialogue; choosing another persona starts a new one with its greeting."""
+
+    def __init__(self, service: WebChatService, persona: str | None, knowledge: str | None, memory: bool):
+        self.service = service
+        self.persona, self.knowledge, self.memory_on = persona, knowledge, memory
+        self.chat: Chat = self._build()
+
+    def _build(self) -> Chat:
+        s = self.service
+        persona = s.personas.get(self.persona) if self.persona else None
+        return assemble_chat(s.cfg.chat, s.loaded, persona=persona,
+                             persona_knowledge=s.persona_docs.get(self.persona) if self.persona else None,
+                             knowledge=s.knowledge.get(self.knowledge) if self.knowledge else None,
+                             memory=s.memory if self.memory_on else None)
+
+    @property
+    def engine(self) -> Any:
+        return self.chat.engine
+
+    def configure(self, persona: str | None = None, knowledge: str | None = None, memory: bool = False) -> None:
+        s = self.service
+        persona = s._pick(persona, s.personas, "persona")
+        knowledge = s._pick(knowledge, s.knowledge, "knowledge base")
+        with s.state_lock:
+            if persona != self.persona:
+                self.close()  # the old conversation's rounds are remembered when memory was on
+                self.persona, self.knowledge, self.memory_on = persona, knowledge, memory
+                self.chat = self._build()
+                return
+            if (knowledge, memory) == (self.knowledge, self.memory_on):
+                return
+            old = self.chat.engine
+            self.knowledge, self.memory_on = knowledge, memory
+            self.chat = self._build()
+            self.chat.engine.rounds, self.chat.engine.window_start = old.rounds, old.window_start
+            self.chat.engine.settings = old.settings
+
+    def set_sampling(self, settings: GenerationSettings) -> None:
+        if settings.max_new_tokens < 1:
+            raise UserError("max new tokens must be at least 1")
+        if settings.max_new_tokens >= self.service.max_context:
+            raise UserError(f"max new tokens must be below the context of {self.service.max_context} tokens")
+        self.chat.engine.settings = settings
+
+    # -- turns ------------------------------------------------------------------------------
+    def stream(self, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(reply so far, extras)`` while the reply is generated; the round is
+        recorded when generation ends. Waits while another conversation is generating."""
+        text = text.strip()
+        if not text:
+            return
+        s = self.service
+        with s.model_lock:
+            with s.state_lock:
+                try:
+                    turn = self.chat.engine.start_turn(text)
+                except ContextOverflow as err:
+                    raise UserError(str(err)) from None
+            yield "", turn.extras
+            reply = ""
+            try:
+                for piece in turn:
+                    reply += piece
+                    yield reply, turn.extras
+            except GenerationFailed as err:
+                raise UserError(str(err)) from None
+
+    def reset(self) -> int:
+        """Clear the dialogue (its rounds go to memory when memory is on); the persona's
+        greeting opens the new one. Returns how many rounds went to memory."""
+        with self.service.state_lock:
+            kept = len(self.engine.in_prompt()) if self.memory_on else 0
+            settings = self.engine.settings
+            self.engine.reset()
+            self.chat = self._build()
+            self.chat.engine.settings = settings
+            return kept
+
+    def close(self) -> None:
+        with self.service.state_lock:
+            self.chat.close()
+
+    # -- display and export -----------------------------------------------------------------
+    def messages(self, pending: tuple[str, str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The dialogue as chat messages; each answer is followed by its sources (collapsed,
+        the chunk text inside) and the memories it recalled. ``pending``: a turn being
+        generated, as ``(user text, reply so far, extras)``."""
+        out: list[dict[str, Any]] = []
+        rounds = [(r.user, r.assistant, r.extras, False) for r in self.engine.rounds]
+        if pending is not None:
+            rounds.append((*pending, True))
+        for user, reply, extras, live in rounds:
+            if user:
+                out.append({"role": "user", "content": user})
+            out.append({"role": "assistant", "content": reply or ("…" if live else EMPTY_REPLY)})
+            if live and not reply:
+                continue
+            for i, src in enumerate(extras.get("sources", []), start=1):
+                out.append({"role": "assistant", "content": self.service.chunk_text(self, src["chunk_id"]),
+                             "metadata": {"title": f"Source [{i}] · {src['chunk_id']} · score {src['score']:.3f}",
+                                          "status": "done"}})
+            if extras.get("memories"):
+                listed = "\n".join(f"- `{m['id']}` {m['time'][:16]}: {m['user_text']}" for m in extras["memories"])
+                out.append({"role": "assistant", "content": listed,
+                            "metadata": {"title": f"Memories recalled ({len(extras['memories'])})",
+                                         "status": "done"}})
+        return out
+
+    def export(self, folder: Path) -> Path:
+        """Write the conversation as JSON (the terminal's ``/save`` format) and return the file."""
+        folder.mkdir(parents=True, exist_ok=True)
+        data = conversation_record(self.engine)
+        data.update(model=self.service.model_name, persona=self.persona, knowledge_base=self.knowledge)
+        path = folder / time.strftime("conversation-%Y%m%d-%H%M%S.json")
+        path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+        return path
+
+
+def sampling_from(cfg: ChatConfig, **changes: Any) -> GenerationSettings:
+    """The page's sampling controls as settings (the command line gives their start values)."""
+    return replace(generation_settings(cfg), **changes)

@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Chat in a browser page: the same engine as chat.py, with knowledge bases, personas,
+long-term memory and sampling settings on the page. Needs the [webui] extra (Gradio).
+
+    python scripts/webui.py --model demo --kb data/knowledge --personas data/personas
+    python scripts/webui.py --host 0.0.0.0 --port 6006 --auth me:secret      # AutoDL custom service
+    python scripts/webui.py --share --auth me:secret                          # Kaggle notebook
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from qwen_kit.chat.cli import ChatConfig  # noqa: E402
+from qwen_kit.chat.options import (add_generation_options, add_model_options,  # noqa: E402
+                                   add_persona_memory_options, add_retrieval_options)
+from qwen_kit.errors import run_cli  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None):
+    from qwen_kit.webui.service import WebConfig
+
+    p = argparse.ArgumentParser(description="Browser chat over the qwen_kit chat engine (Gradio).")
+    add_model_options(p)
+    add_generation_options(p)
+    k = add_retrieval_options(p)
+    k.add_argument("--kb", action="append", default=[], metavar="DOCS_OR_INDEX",
+                   help="a documents folder or saved index the page may offer (repeat for several)")
+    v = add_persona_memory_options(p)
+    v.add_argument("--personas", action="append", default=[], metavar="FILE_OR_FOLDER",
+                   help="persona files, or folders of them, the page may offer (repeat for several)")
+    v.add_argument("--memory", action="store_true", help="start with the long-term memory switch on")
+    s = p.add_argument_group("server")
+    s.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 on AutoDL)")
+    s.add_argument("--port", type=int, help="port (default 7860; 6006 on AutoDL)")
+    s.add_argument("--share", action="store_true", help="a public gradio.live link (Kaggle notebooks)")
+    s.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (needed beyond localhost)")
+    s.add_argument("--no-auth", action="store_true", help="serve beyond localhost without a login")
+    a = vars(p.parse_args(argv))
+    web = {name: a.pop(name) for name in ("kb", "personas", "memory", "host", "port", "share", "auth", "no_auth")}
+    web["knowledge"] = web.pop("kb")
+    return WebConfig(chat=ChatConfig(**a), **web)
+
+
+if __name__ == "__main__":
+    from qwen_kit.webui.app import run_webui
+
+    run_cli(lambda: run_webui(parse_args()), prog="webui.py")
