@@ -45,7 +45,7 @@ LICENSE ?= apache-2.0
 KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo chat webui test test-fast bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
+.PHONY: help venv demo chat webui browser test test-fast bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
 	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
 
 help: ## list targets and variables
@@ -140,6 +140,9 @@ exp-sysprompt: $(STAMP) ## experiment: default vs custom vs no system prompt -> 
 
 test: $(STAMP) ## run all tests (slow ones included; about 5-10 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+browser: ## install Debian's chromium + chromium-driver for the web UI's browser tests (needs root)
+	apt-get install -y chromium chromium-driver
 
 test-fast: $(STAMP) ## run the tests that do not need the demo model
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

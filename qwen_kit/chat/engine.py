@@ -85,11 +85,26 @@ class _PieceStreamer:
 _DONE = object()
 
 
+def _stop_when(flag: threading.Event) -> Any:
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Flag(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            import torch
+
+            return torch.full((input_ids.shape[0],), flag.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Flag()])
+
+
 class Turn:
     """One reply being generated. Either call :meth:`run` (generation in this thread,
     pieces handed to a callback: the fastest path, used by the terminal chat) or iterate
     the turn (generation in a worker thread, pieces yielded: for servers and UIs).
-    Afterwards read :attr:`text`, :attr:`stats` and :attr:`extras`."""
+    Afterwards read :attr:`text`, :attr:`stats` and :attr:`extras`.
+
+    Closing the iteration early (a web page's Stop button, a closed tab) stops generation at
+    the next token and records the reply as far as it got."""
 
     def __init__(self, engine: "ChatEngine", user_text: str, prompt: str, prompt_tokens: int,
                  extras: dict[str, Any]):
@@ -97,6 +112,7 @@ class Turn:
         self.stats = TurnStats(prompt_tokens=prompt_tokens)
         self.extras = extras
         self.text = ""
+        self.stopped = threading.Event()  # set: generation ends at the next token
 
     def _generate(self, on_piece: Callable[[str], None]) -> None:
         import torch
@@ -115,7 +131,8 @@ class Turn:
         try:
             with torch.inference_mode():
                 engine.generate(**inputs, streamer=streamer, eos_token_id=engine.eos_token_ids,
-                                pad_token_id=engine.pad_token_id, **engine.settings.generate_kwargs())
+                                pad_token_id=engine.pad_token_id, stopping_criteria=_stop_when(self.stopped),
+                                **engine.settings.generate_kwargs())
         except Exception as err:
             raise GenerationFailed(f"generation failed: {type(err).__name__}: {err}") from err
         finally:
@@ -150,8 +167,16 @@ class Turn:
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        while (piece := pieces.get()) is not _DONE:
-            yield piece
+        finished = False
+        try:
+            while (piece := pieces.get()) is not _DONE:
+                yield piece
+            finished = True
+        finally:
+            if not finished:  # the consumer stopped listening: stop the model too
+                self.stopped.set()
+                thread.join()
+                self._finish()
         thread.join()
         if failure:
             raise failure[0]

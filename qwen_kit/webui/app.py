@@ -54,6 +54,7 @@ def build_page(service: WebChatService) -> Any:
                     box = gr.Textbox(elem_id="qk-input", show_label=False, scale=5, autofocus=True,
                                      placeholder="Type a message and press Enter")
                     send = gr.Button("Send", variant="primary", elem_id="qk-send", scale=1, min_width=80)
+                    stop = gr.Button("Stop", variant="stop", elem_id="qk-stop", scale=1, min_width=80)
                 with gr.Row():
                     reset = gr.Button("New conversation", elem_id="qk-reset", size="sm")
                     export = gr.Button("Export (JSON)", elem_id="qk-export", size="sm")
@@ -148,16 +149,18 @@ def build_page(service: WebChatService) -> Any:
 
         page.load(on_load, setup, [conv_state, chatbot])
         for control in setup:
-            control.change(on_setup, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model")
-        for trigger in (box.submit, send.click):
-            trigger(on_send, [conv_state, box, *setup, *sampling], [conv_state, chatbot, box],
-                    concurrency_id="model", concurrency_limit=1, show_progress="minimal")
+            control.change(on_setup, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model",
+                           api_name="configure")
+        sending = [trigger(on_send, [conv_state, box, *setup, *sampling], [conv_state, chatbot, box],
+                           concurrency_id="model", concurrency_limit=1, show_progress="minimal", api_name="send")
+                   for trigger in (box.submit, send.click)]
+        stop.click(None, None, None, cancels=sending)  # the engine stops at the next token
         reset.click(on_reset, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model")
         chatbot.clear(on_reset, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model")
         export.click(on_export, [conv_state, *setup], [conv_state, exported])
-        search.click(on_search, [query], [table])
+        search.click(on_search, [query], [table], api_name="memories")
         query.submit(on_search, [query], [table])
-        forget.click(on_forget, [forget_id, query], [table, memory_note, forget_id])
+        forget.click(on_forget, [forget_id, query], [table, memory_note, forget_id], api_name="forget")
         forget_id.submit(on_forget, [forget_id, query], [table, memory_note, forget_id])
         table.select(on_pick, None, [forget_id])
     page.queue(default_concurrency_limit=1)

@@ -13,6 +13,7 @@ folders is not offered.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import sys
@@ -282,9 +283,10 @@ class Conversation:
             yield "", turn.extras
             reply = ""
             try:
-                for piece in turn:
-                    reply += piece
-                    yield reply, turn.extras
+                with contextlib.closing(iter(turn)) as pieces:  # closed early: generation stops
+                    for piece in pieces:
+                        reply += piece
+                        yield reply, turn.extras
             except GenerationFailed as err:
                 raise UserError(str(err)) from None
 

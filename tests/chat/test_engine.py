@@ -60,6 +60,20 @@ def test_streamed_pieces_form_the_reply_and_are_recorded(tiny):
     assert [r.user for r in engine.rounds] == ["Tell me about the library"]
 
 
+def test_closing_the_stream_stops_generation_and_keeps_the_partial_reply(tiny):
+    """A Stop button or a closed tab: the model stops at the next token, the round keeps the
+    text shown so far, and the engine is ready for the next turn."""
+    engine = _engine(tiny, eos_token_ids=[99999], settings=GenerationSettings(max_new_tokens=2000, greedy=True))
+    turn = engine.start_turn("Tell me about the library")
+    stream = iter(turn)
+    shown = next(stream) + next(stream)
+    stream.close()
+    assert turn.stats.new_tokens < 2000  # without the stop it always runs to 2000 (no end id can occur)
+    assert engine.rounds[-1].user == "Tell me about the library"
+    assert engine.rounds[-1].assistant.startswith(shown.strip())
+    assert len(list(engine.start_turn("next"))) > 0 and len(engine.rounds) == 2
+
+
 @pytest.mark.parametrize("mode", ["iterate", "run"])
 def test_an_exception_during_generation_ends_the_turn(tiny, mode):
     engine = _engine(tiny)

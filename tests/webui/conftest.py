@@ -69,7 +69,7 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tiny_qwen_dir, tmp_path_factory):
     """The page with the tiny model, the sample knowledge base and personas, a seeded memory
     file, and a login."""

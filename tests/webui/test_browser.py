@@ -95,7 +95,7 @@ new MutationObserver(() => {
 """
 
 
-def test_wrong_password_is_refused_in_the_browser(server, browser):
+def test_wrong_password_is_refused_in_the_browser(browser, server):
     login(browser, server["url"], password="not-the-password")
     wait(browser, lambda d: "Incorrect" in d.find_element("tag name", "body").text,
          message="a wrong password did not show an error")
@@ -103,7 +103,7 @@ def test_wrong_password_is_refused_in_the_browser(server, browser):
     assert not css(browser, "#qk-input textarea")
 
 
-def test_question_streams_an_answer(server, browser):
+def test_question_streams_an_answer(browser, server):
     open_page(browser, server["url"])
     shot(browser, "01_empty_page")
     browser.execute_script(RECORD_LENGTHS)
@@ -119,7 +119,7 @@ def test_question_streams_an_answer(server, browser):
     assert css(browser, "#qk-input textarea")[0].get_attribute("value") == "", "the input box was not cleared"
 
 
-def test_knowledge_base_answer_shows_its_sources(server, browser):
+def test_knowledge_base_answer_shows_its_sources(browser, server):
     open_page(browser, server["url"])
     choose(browser, "qk-kb", "knowledge")
     send(browser, "When is the library open on Sunday?")
@@ -138,7 +138,7 @@ def test_knowledge_base_answer_shows_its_sources(server, browser):
     shot(browser, "04_source_expanded")
 
 
-def test_persona_greets_and_tabs_are_separate_conversations(server, browser):
+def test_persona_greets_and_tabs_are_separate_conversations(browser, server):
     open_page(browser, server["url"])
     first_tab = browser.current_window_handle
     choose(browser, "qk-persona", "Maren Holt (lighthouse_keeper.yaml)")
@@ -161,7 +161,7 @@ def test_persona_greets_and_tabs_are_separate_conversations(server, browser):
     assert bot_messages(browser)[0] == greeting
 
 
-def test_memory_panel_lists_and_forgets(server, browser):
+def test_memory_panel_lists_and_forgets(browser, server):
     open_page(browser, server["url"])
     css(browser, "#qk-memories button")[0].click()  # open the accordion
     table = lambda d: css(d, "#qk-memory-table")[0].text  # noqa: E731

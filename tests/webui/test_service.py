@@ -1,0 +1,161 @@
+"""The web UI's service without a browser: addresses and logins, what the page may offer,
+and conversations sharing one model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from platforms import get_platform
+from qwen_kit.chat.cli import ChatConfig
+from qwen_kit.errors import UserError
+from qwen_kit.webui.service import WebChatService, WebConfig, server_address
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({}, ("127.0.0.1", 7860, None)),
+    ({"auth": "ann:pw"}, ("127.0.0.1", 7860, ("ann", "pw"))),
+    ({"host": "0.0.0.0", "auth": "ann:p:w"}, ("0.0.0.0", 7860, ("ann", "p:w"))),
+    ({"host": "0.0.0.0", "no_auth": True}, ("0.0.0.0", 7860, None)),
+    ({"host": "::1", "port": 8000}, ("::1", 8000, None)),
+])
+def test_address_and_login(kwargs, expected):
+    a = server_address(WebConfig(**kwargs), get_platform("local"))
+    assert (a.host, a.port, a.auth) == expected
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"host": "0.0.0.0"}, "--auth USER:PASSWORD"),
+    ({"share": True}, "public --share link"),
+    ({"auth": "nopassword"}, "USER:PASSWORD"),
+    ({"auth": ":pw"}, "USER:PASSWORD"),
+    ({"auth": "a:b", "no_auth": True}, "not both"),
+    ({"port": 70000}, "--port"),
+])
+def test_refused_addresses(kwargs, message):
+    with pytest.raises(UserError, match=message.replace("-", r"\-")):
+        server_address(WebConfig(**kwargs), get_platform("local"))
+
+
+def test_autodl_listens_on_its_custom_service_port_and_needs_a_login():
+    autodl = get_platform("autodl")
+    with pytest.raises(UserError, match="--host 0.0.0.0"):
+        server_address(WebConfig(), autodl)
+    a = server_address(WebConfig(auth="me:secret"), autodl)
+    assert (a.host, a.port) == ("0.0.0.0", 6006)
+    assert server_address(WebConfig(host="127.0.0.1"), autodl).port == 6006
+
+
+PERSONA = """name: Ada
+description: A patient tutor.
+greeting: Hello {{user}}, I am Ada.
+"""
+
+
+@pytest.fixture(scope="module")
+def service(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("webui-service")
+    kb = root / "kb"
+    kb.mkdir()
+    (kb / "pool.md").write_text("# Pool\n\nThe swimming pool opens at 7 am and closes at 9 pm.\n", encoding="utf-8")
+    personas = root / "personas"
+    personas.mkdir()
+    (personas / "ada.yaml").write_text(PERSONA, encoding="utf-8")
+    secret = root / "secret"
+    secret.mkdir()
+    (secret / "diary.md").write_text("Nobody may read this.\n", encoding="utf-8")
+    # a persona whose documents lie outside the folders given at start is not offered
+    (personas / "snoop.yaml").write_text(f"name: Snoop\ndocuments: {secret}\n", encoding="utf-8")
+    (personas / "broken.yaml").write_text("name: [unclosed\n", encoding="utf-8")
+    cfg = WebConfig(chat=ChatConfig(max_new_tokens=16, max_context=512, seed=3,
+                                    memory_file=str(root / "chat_history.txt")),
+                    knowledge=[str(kb)], personas=[str(personas)])
+    return WebChatService(cfg, loaded=tiny)
+
+
+def test_offers_only_what_was_given(service):
+    assert service.knowledge_choices() == ["(none)", "kb"]
+    assert service.persona_choices() == ["(none)", "Ada (ada.yaml)"]  # not Snoop, not the broken file
+    with pytest.raises(UserError, match="not one of those given at start"):
+        service.conversation(knowledge="/etc")
+    with pytest.raises(UserError, match="not one of those given at start"):
+        service.conversation(persona="Snoop (snoop.yaml)")
+
+
+def test_missing_folder_is_a_user_error(tiny, tmp_path):
+    with pytest.raises(UserError, match="no such file or folder"):
+        WebChatService(WebConfig(knowledge=[str(tmp_path / "nope")]), loaded=tiny)
+
+
+def test_conversations_are_independent_and_keep_their_setup(service):
+    a = service.conversation(persona="Ada (ada.yaml)")
+    b = service.conversation(knowledge="kb")
+    assert a.messages() == [{"role": "assistant", "content": "Hello User, I am Ada."}]
+    assert b.messages() == []
+    list(b.stream("When does the pool open?"))
+    assert [r.user for r in b.engine.rounds] == ["When does the pool open?"]
+    assert b.engine.rounds[0].extras["sources"][0]["file"] == "pool.md"
+    shown = b.messages()
+    assert "swimming pool opens at 7 am" in shown[-1]["content"]  # the source, with its chunk text
+    assert shown[-1]["metadata"]["title"].startswith("Source [1] · pool.md#0")
+    assert [r.user for r in a.engine.rounds] == [""]  # only the greeting
+    b.configure(None, None, False)  # knowledge base off: the dialogue stays
+    assert [r.user for r in b.engine.rounds] == ["When does the pool open?"]
+    b.configure("Ada (ada.yaml)", None, False)  # another persona: a new dialogue with its greeting
+    assert [r.user for r in b.engine.rounds] == [""]
+
+
+def test_one_generation_at_a_time(service):
+    """A second conversation waits while the first is generating, then runs."""
+    first, second = service.conversation(), service.conversation()
+    stream = first.stream("Tell me a long story")
+    next(stream)  # the first turn holds the model
+    started = threading.Event()
+    done = threading.Event()
+
+    def other() -> None:
+        started.set()
+        list(second.stream("And me?"))
+        done.set()
+
+    threading.Thread(target=other, daemon=True).start()
+    started.wait()
+    time.sleep(0.5)
+    assert not done.is_set(), "the second conversation generated while the first held the model"
+    list(stream)
+    assert done.wait(60)
+    assert [r.user for r in second.engine.rounds] == ["And me?"]
+
+
+def test_reset_keeps_rounds_in_memory_and_export_writes_json(service, tmp_path):
+    import json
+
+    conv = service.conversation(memory=True)
+    list(conv.stream("My locker number is 4417."))
+    path = conv.export(tmp_path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert [r["user"] for r in data["rounds"]] == ["My locker number is 4417."]
+    assert conv.reset() == 1
+    assert conv.engine.rounds == []
+    assert any("4417" in row[2] for row in service.memories("locker"))
+    memory_id = next(row[0] for row in service.memories() if "4417" in row[2])
+    assert service.forget(memory_id) == 1
+    assert not any("4417" in row[2] for row in service.memories())
+    assert "4417" not in Path(service.memory.file.path).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--host", "0.0.0.0"], "add --auth USER:PASSWORD"),
+    (["--kb", "no/such/folder"], "no/such/folder: no such file or folder"),
+    (["--auth", "justaname"], "--auth must look like USER:PASSWORD"),
+])
+def test_script_refuses_with_one_line(args, message, tmp_path):
+    from tests.conftest import run_script
+
+    r = run_script("webui.py", "--model", "demo", *args, "--memory-file", str(tmp_path / "m.txt"), timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1, err
