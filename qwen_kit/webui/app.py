@@ -9,13 +9,15 @@ queue on the chat itself.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from qwen_kit.errors import UserError
-from qwen_kit.webui.service import NONE, Conversation, WebChatService, WebConfig, sampling_from, server_address
+from qwen_kit.webui.service import (NONE, Conversation, WebChatService, WebConfig, check_port_free, sampling_from,
+                                    server_address)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a closed network
 try:
@@ -174,23 +176,37 @@ def theme() -> Any:
                           font_mono=["ui-monospace", "Consolas", "monospace"])
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run_webui(cfg: WebConfig) -> int:
     """Check the address and login, load everything, serve until interrupted."""
     address = server_address(cfg)  # refuse an open public page before loading anything
+    check_port_free(address)
     if gr is None:
         raise UserError("the web UI needs Gradio: pip install -e '.[webui]' (or: make webui)")
     service = WebChatService(cfg)
     page = build_page(service)
-    print(f"qwen_kit web UI: http://{'127.0.0.1' if address.host in ('0.0.0.0', '::') else address.host}:"
-          f"{address.port}" + ("  (login required)" if address.auth else ""), file=sys.stderr, flush=True)
     try:
-        page.launch(server_name=address.host, server_port=address.port, share=address.share,
-                    auth=address.auth, auth_message="qwen_kit: log in with the --auth user and password",
-                    ssr_mode=False, show_error=True, quiet=True, theme=theme(), css=CSS,
-                    footer_links=[], allowed_paths=[], pwa=False, mcp_server=False)
+        _, local_url, share_url = page.launch(
+            server_name=address.host, server_port=address.port, share=address.share, auth=address.auth,
+            auth_message="qwen_kit: log in with the --auth user and password", prevent_thread_lock=True,
+            ssr_mode=False, show_error=True, quiet=True, theme=theme(), css=CSS, footer_links=[],
+            allowed_paths=[], pwa=False, mcp_server=False)
     except OSError as err:
-        raise UserError(f"cannot listen on {address.host}:{address.port} ({err}); "
-                        "choose another --port or stop what uses it") from None
-    finally:
         service.close_all()
+        raise UserError(f"cannot listen on {address.host}:{address.port}; choose another --port "
+                        f"or stop what uses it ({str(err).splitlines()[0]})") from None
+    login = "  (log in with the --auth user)" if address.auth else ""
+    print(f"qwen_kit web UI: {local_url}{login}", file=sys.stderr, flush=True)
+    if address.host in ("0.0.0.0", "::"):
+        print(f"  listening on every interface, port {address.port}", file=sys.stderr, flush=True)
+    if share_url:
+        print(f"  public link: {share_url}", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` and container stops end it like Ctrl+C
+    try:
+        page.block_thread()  # until Ctrl+C
+    finally:
+        service.close_all()  # every open conversation's rounds go to long-term memory
     return 0

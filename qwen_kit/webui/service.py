@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import socket
 import sys
 import threading
 import time
@@ -91,6 +92,18 @@ def server_address(cfg: WebConfig, platform: Any = None) -> ServerAddress:
         raise UserError(f"{where} lets other people reach the page; add --auth USER:PASSWORD "
                         "(or --no-auth if you really want it open)")
     return ServerAddress(host, port, cfg.share, auth)
+
+
+def check_port_free(address: ServerAddress) -> None:
+    """Fail in a second, before the model loads, when something already listens there."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address.host, address.port))
+        except OSError as err:
+            raise UserError(f"cannot listen on {address.host}:{address.port} ({err.strerror}); "
+                            "choose another --port or stop what uses it") from None
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:

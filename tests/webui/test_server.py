@@ -50,3 +50,40 @@ def test_api_refuses_what_was_not_offered_and_exports(server, tmp_path):
     data = json.loads(open(exported["value"] if isinstance(exported, dict) else exported, encoding="utf-8").read())
     assert [r["user"] for r in data["rounds"]] == ["Hello from the API"]
     assert data["rounds"][0]["assistant"]
+
+
+def test_stopping_the_server_keeps_open_conversations_in_memory(tiny_qwen_dir, tmp_path):
+    """A conversation still open when the server is stopped (kill, Ctrl+C) is not lost: its
+    rounds go to long-term memory, as at the end of a terminal chat."""
+    from gradio_client import Client
+
+    from tests.webui.conftest import start_server, stop_server
+
+    memory = tmp_path / "chat_history.txt"
+    proc, url = start_server(["--model", str(tiny_qwen_dir), "--memory", "--memory-file", str(memory),
+                              "--seed", "1"], tmp_path / "server.log")
+    try:
+        client = Client(url, verbose=False)
+        client.predict("My locker number is 4417.", "(none)", "(none)", True, False, 0.7, 0.8, 20, 1.05, 16,
+                       api_name="/send")
+        assert not memory.exists() or "4417" not in memory.read_text(encoding="utf-8")  # still in the prompt
+    finally:
+        stop_server(proc)
+    assert proc.returncode == 0, (tmp_path / "server.log").read_text(errors="replace")[-2000:]
+    saved = [json.loads(line) for line in memory.read_text(encoding="utf-8").splitlines()]
+    assert [r["user_text"] for r in saved] == ["My locker number is 4417."]
+
+
+def test_busy_port_is_refused_before_the_model_loads(tmp_path):
+    import socket
+
+    from tests.conftest import run_script
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run_script("webui.py", "--model", "no-such-model-needed", "--port", str(port),
+                       "--memory-file", str(tmp_path / "m.txt"), timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1, err
