@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ try:
     import gradio as gr
 except ImportError:  # the [webui] extra is not installed; run_webui says how to get it
     gr = None
+
+UPDATE_S = 0.05  # streaming redraws: 20 per second looks smooth and costs little
 
 CSS = """
 #qk-header {margin-bottom: 0}
@@ -118,8 +121,12 @@ def build_page(service: WebChatService) -> Any:
                                                 top_p=float(top_p_v), top_k=int(top_k_v),
                                                 repetition_penalty=float(penalty_v), max_new_tokens=int(max_new_v)))
                 yield conv, conv.messages((text, "", {})), ""
+                shown = 0.0
                 for reply, extras in conv.stream(text):
-                    yield conv, conv.messages((text, reply, extras)), ""
+                    # redraw at most every UPDATE_S: each redraw sends the whole chat to the browser
+                    if time.monotonic() - shown >= UPDATE_S:
+                        shown = time.monotonic()
+                        yield conv, conv.messages((text, reply, extras)), ""
             except UserError as err:
                 fail(err)
             yield conv, conv.messages(), ""
