@@ -26,6 +26,7 @@ try:
 except ImportError:  # the [webui] extra is not installed; run_webui says how to get it
     gr = None
 
+WAITING = "*waiting for the model: another conversation is being answered…*"
 UPDATE_S = 0.05  # streaming redraws: 20 per second looks smooth and costs little
 
 CSS = """
@@ -114,22 +115,33 @@ def build_page(service: WebChatService) -> Any:
             conv = ensure(conv, persona_v, kb_v, mem_v)
             text = (text or "").strip()
             if not text:
-                yield conv, conv.messages(), ""
+                yield conv, conv.messages(), gr.update(interactive=True)
                 return
             try:
                 conv.set_sampling(sampling_from(cfg, greedy=bool(greedy_v), temperature=float(temp_v),
                                                 top_p=float(top_p_v), top_k=int(top_k_v),
                                                 repetition_penalty=float(penalty_v), max_new_tokens=int(max_new_v)))
-                yield conv, conv.messages((text, "", {})), ""
+                yield conv, conv.messages((text, "", {})), gr.update(value="", interactive=True)
                 shown = 0.0
                 for reply, extras in conv.stream(text):
                     # redraw at most every UPDATE_S: each redraw sends the whole chat to the browser
                     if time.monotonic() - shown >= UPDATE_S:
                         shown = time.monotonic()
                         yield conv, conv.messages((text, reply, extras)), ""
-            except UserError as err:
-                fail(err)
-            yield conv, conv.messages(), ""
+            except UserError as err:  # a toast; the text stays in the box to edit and resend
+                gr.Warning(str(err))
+                yield conv, conv.messages(), gr.update(value=text, interactive=True)
+                return
+            yield conv, conv.messages(), gr.update(value="", interactive=True)
+
+        def on_submit(conv: Conversation | None, text: str, persona_v: str, kb_v: str, mem_v: bool):
+            """At once, outside the queue: the message shows, and the reply's place says whether
+            it waits for another conversation. The box is locked until generation takes it."""
+            conv = ensure(conv, persona_v, kb_v, mem_v)
+            text = (text or "").strip()
+            if not text:
+                return conv, conv.messages(), gr.update()
+            return conv, conv.messages((text, "", {}), WAITING if service.busy else "…"), gr.update(interactive=False)
 
         def on_reset(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool):
             conv = ensure(conv, persona_v, kb_v, mem_v)
@@ -160,10 +172,14 @@ def build_page(service: WebChatService) -> Any:
         for control in setup:
             control.change(on_setup, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model",
                            api_name="configure")
-        sending = [trigger(on_send, [conv_state, box, *setup, *sampling], [conv_state, chatbot, box],
-                           concurrency_id="model", concurrency_limit=1, show_progress="minimal", api_name="send")
+        sending = [trigger(on_submit, [conv_state, box, *setup], [conv_state, chatbot, box], queue=False,
+                           api_visibility="private")
+                   .then(on_send, [conv_state, box, *setup, *sampling], [conv_state, chatbot, box],
+                         concurrency_id="model", concurrency_limit=1, show_progress="minimal", api_name="send")
                    for trigger in (box.submit, send.click)]
-        stop.click(None, None, None, cancels=sending)  # the engine stops at the next token
+        # the engine stops at the next token; a message still waiting in the queue is withdrawn
+        stop.click(lambda: gr.update(interactive=True), None, [box], cancels=sending, queue=False,
+                   api_visibility="private")
         reset.click(on_reset, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model")
         chatbot.clear(on_reset, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model")
         export.click(on_export, [conv_state, *setup], [conv_state, exported])

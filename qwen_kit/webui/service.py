@@ -198,6 +198,11 @@ class WebChatService:
         return f"{text} · {p.device} · {'4-bit' if p.load_in_4bit else p.dtype}"
 
     # -- conversations ----------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """Whether a conversation is generating now (a new message will wait in the queue)."""
+        return self.model_lock.locked()
+
     def conversation(self, persona: str | None = None, knowledge: str | None = None,
                      memory: bool | None = None) -> "Conversation":
         conv = Conversation(self, self._pick(persona, self.personas, "persona"),
@@ -319,10 +324,12 @@ class Conversation:
             self.chat.close()
 
     # -- display and export -----------------------------------------------------------------
-    def messages(self, pending: tuple[str, str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    def messages(self, pending: tuple[str, str, dict[str, Any]] | None = None,
+                 waiting: str = "…") -> list[dict[str, Any]]:
         """The dialogue as chat messages; each answer is followed by its sources (collapsed,
         the chunk text inside) and the memories it recalled. ``pending``: a turn being
-        generated, as ``(user text, reply so far, extras)``."""
+        generated, as ``(user text, reply so far, extras)``; ``waiting`` stands in for its
+        reply until the first text arrives."""
         out: list[dict[str, Any]] = []
         rounds = [(r.user, r.assistant, r.extras, False) for r in self.engine.rounds]
         if pending is not None:
@@ -330,7 +337,7 @@ class Conversation:
         for user, reply, extras, live in rounds:
             if user:
                 out.append({"role": "user", "content": user})
-            out.append({"role": "assistant", "content": reply or ("…" if live else EMPTY_REPLY)})
+            out.append({"role": "assistant", "content": reply or (waiting if live else EMPTY_REPLY)})
             if live and not reply:
                 continue
             for i, src in enumerate(extras.get("sources", []), start=1):

@@ -177,3 +177,27 @@ def test_memory_panel_lists_and_forgets(browser, server):
     lines = [json.loads(x) for x in server["memory_file"].read_text(encoding="utf-8").splitlines() if x.strip()]
     assert gone["id"] not in [r["id"] for r in lines]
     assert SEEDED[1]["id"] in [r["id"] for r in lines]
+
+
+def test_a_message_sent_while_another_tab_generates_waits_visibly(browser, server):
+    """One generation at a time: while another conversation (here a client of the page's API)
+    is being answered, a new message shows at once with a waiting note, then its answer."""
+    from gradio_client import Client
+
+    from qwen_kit.webui.app import WAITING
+
+    open_page(browser, server["url"])
+    other = Client(server["url"], auth=(USER, PASSWORD), verbose=False)
+    job = other.submit("Tell me a very long story.", "(none)", "(none)", False, False, 1.0, 1.0, 0, 1.0, 500,
+                       api_name="/send")
+    wait(browser, lambda d: len(job.outputs()) >= 2, message="the other conversation never started")
+    send(browser, "Am I in the queue?")
+    waiting_text = WAITING.strip("*")
+    wait(browser, lambda d: any(waiting_text in m for m in bot_messages(d)),
+         message="no waiting note while another conversation was generating")
+    assert not job.done(), "the other conversation finished too early for this test to show anything"
+    shot(browser, "09_waiting_for_the_model")
+    wait(browser, lambda d: job.done(), timeout=120, message="the other conversation did not finish")
+    wait(browser, lambda d: bot_messages(d) and waiting_text not in bot_messages(d)[-1] and idle(d), timeout=60,
+         message="the waiting message was not answered after the other conversation")
+    assert user_messages(browser) == ["Am I in the queue?"]
