@@ -83,11 +83,11 @@ def build_page(service: WebChatService) -> Any:
                                         label="Max new tokens")
                 with gr.Accordion("Memories", open=False, elem_id="qk-memories"):
                     with gr.Row():
-                        query = gr.Textbox(show_label=False, placeholder="search memories (empty: latest)",
+                        query = gr.Textbox(show_label=False, placeholder="search (ranked by relevance; empty: latest)",
                                            elem_id="qk-memory-query", scale=3)
                         search = gr.Button("Search", elem_id="qk-memory-search", scale=1, size="sm")
                     table = gr.Dataframe(headers=["id", "time", "you said", "reply"], elem_id="qk-memory-table",
-                                         interactive=False, wrap=True, value=service.memories(),
+                                         interactive=False, wrap=True,
                                          column_widths=["18%", "18%", "32%", "32%"])
                     with gr.Row():
                         forget_id = gr.Textbox(show_label=False, placeholder="id to forget (or: all)",
@@ -100,7 +100,7 @@ def build_page(service: WebChatService) -> Any:
 
         def on_load(persona_v: str, kb_v: str, mem_v: bool):
             conv = new_conversation(persona_v, kb_v, mem_v)
-            return conv, conv.messages()
+            return conv, conv.messages(), service.memories()
 
         def on_setup(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool):
             conv = ensure(conv, persona_v, kb_v, mem_v)
@@ -148,7 +148,7 @@ def build_page(service: WebChatService) -> Any:
             kept = conv.reset()
             if kept:
                 gr.Info(f"{kept} rounds kept in long-term memory")
-            return conv, conv.messages()
+            return conv, conv.messages(), service.memories()
 
         def on_export(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool):
             conv = ensure(conv, persona_v, kb_v, mem_v)
@@ -168,7 +168,7 @@ def build_page(service: WebChatService) -> Any:
             row = evt.row_value if evt.row_value else None
             return row[0] if row else ""
 
-        page.load(on_load, setup, [conv_state, chatbot])
+        page.load(on_load, setup, [conv_state, chatbot, table])
         for control in setup:
             control.change(on_setup, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model",
                            api_name="configure")
@@ -180,8 +180,8 @@ def build_page(service: WebChatService) -> Any:
         # the engine stops at the next token; a message still waiting in the queue is withdrawn
         stop.click(lambda: gr.update(interactive=True), None, [box], cancels=sending, queue=False,
                    api_visibility="private")
-        reset.click(on_reset, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model")
-        chatbot.clear(on_reset, [conv_state, *setup], [conv_state, chatbot], concurrency_id="model")
+        reset.click(on_reset, [conv_state, *setup], [conv_state, chatbot, table], concurrency_id="model")
+        chatbot.clear(on_reset, [conv_state, *setup], [conv_state, chatbot, table], concurrency_id="model")
         export.click(on_export, [conv_state, *setup], [conv_state, exported])
         search.click(on_search, [query], [table], api_name="memories")
         query.submit(on_search, [query], [table])
