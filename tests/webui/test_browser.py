@@ -30,6 +30,16 @@ def css(driver, selector):
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
+def text_of(driver, selector: str) -> str:
+    """The text of the elements matching ``selector`` ("" while the page redraws them)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return "\n".join(e.text for e in css(driver, selector))
+    except StaleElementReferenceException:
+        return ""
+
+
 def shot(driver, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
@@ -163,8 +173,8 @@ def test_persona_greets_and_tabs_are_separate_conversations(browser, server):
 
 def test_memory_panel_lists_and_forgets(browser, server):
     open_page(browser, server["url"])
-    css(browser, "#qk-memories button")[0].click()  # open the accordion
-    table = lambda d: css(d, "#qk-memory-table")[0].text  # noqa: E731
+    wait(browser, lambda d: css(d, "#qk-memories button"))[0].click()  # open the accordion
+    table = lambda d: text_of(d, "#qk-memory-table")  # noqa: E731
     wait(browser, lambda d: "Mochi" in table(d) and "Chengdu" in table(d), message="seeded memories not listed")
     shot(browser, "07_memories")
     gone = SEEDED[0]
@@ -172,7 +182,7 @@ def test_memory_panel_lists_and_forgets(browser, server):
     css(browser, "#qk-forget")[0].click()
     wait(browser, lambda d: "Mochi" not in table(d), message="the forgotten memory is still listed")
     assert "Chengdu" in table(browser)
-    assert "forgot 1 memory" in css(browser, "#qk-memory-note")[0].text
+    wait(browser, lambda d: "forgot 1 memory" in text_of(d, "#qk-memory-note"), message="no note after forgetting")
     shot(browser, "08_memory_forgotten")
     lines = [json.loads(x) for x in server["memory_file"].read_text(encoding="utf-8").splitlines() if x.strip()]
     assert gone["id"] not in [r["id"] for r in lines]
