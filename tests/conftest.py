@@ -57,6 +57,14 @@ def run_script(script: str, *args: str, input: bytes | str | None = None, env: d
                           capture_output=True, timeout=timeout, env=full_env, cwd=cwd)
 
 
+def make_dry_run(*args: str) -> str:
+    """What ``make -n ARGS`` would run, continuation lines joined, outside any parent make's
+    environment (a test run by ``make test`` must not inherit its flags)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    return subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True,
+                          check=True, env=env).stdout.replace("\\\n", " ")
+
+
 @pytest.fixture(scope="session")
 def embedder():
     """The bundled all-MiniLM-L6-v2 sentence embedder."""

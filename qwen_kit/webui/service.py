@@ -151,6 +151,7 @@ class WebChatService:
         self.persona_docs = {label: open_knowledge(p.documents, self.embedder)
                              for label, p in self.personas.items() if p.documents}
         self.memory = open_memory(cfg.chat, self.embedder, self.loaded.tokenizer, self.budget)
+        assemble_chat(cfg.chat, self.loaded)  # a bad token budget fails at start, not in the page
         self.model_lock = threading.Lock()  # one generation at a time on the one model
         self.state_lock = threading.RLock()  # prompt building and memory edits
         self._open: weakref.WeakSet[Conversation] = weakref.WeakSet()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from qwen_kit.errors import UserError
 from qwen_kit.eval.datasets import BUILTIN, custom_mcq, load_items
 from qwen_kit.eval.scoring import score_items
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, make_dry_run, run_script
 
 REF = ROOT / "tests" / "eval" / "reference"
 MCQ = REF / "mcq_small.jsonl"
@@ -159,9 +157,7 @@ def test_the_training_callback_records_benchmark_scores(tiny, tiny_qwen_dir, tmp
 
 
 def test_make_eval_runs_opencompass_with_the_six_configs():
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
-    out = subprocess.run(["make", "--no-print-directory", "-n", "eval", "MODEL=Qwen/Qwen2.5-0.5B", "GPUS=0", "WORKERS=4"],
-                         cwd=ROOT, capture_output=True, text=True, check=True, env=env).stdout.replace("\\\n", " ")
+    out = make_dry_run("eval", "MODEL=Qwen/Qwen2.5-0.5B", "GPUS=0", "WORKERS=4")
     line = next(ln for ln in out.splitlines() if "scripts/opencompass_eval.py" in ln)
     assert "Qwen/Qwen2.5-0.5B" in line and "--workers 4" in line and "--gpus 0" in line
     from qwen_kit.eval.opencompass import build_command

@@ -6,12 +6,11 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 
 import pytest
 
 from platforms import AutoDLPlatform, current_platform
-from tests.conftest import ROOT, run_script
+from tests.conftest import make_dry_run, run_script
 
 
 @pytest.fixture
@@ -90,11 +89,8 @@ def test_download_without_any_client_says_what_to_install(autodl, tmp_path):
 
 
 def _make_dry_run(*args: str) -> str:
-    """The sft.py launch line that `make -n` prints (outside any parent make's environment)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
-    out = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True,
-                         check=True, env=env).stdout
-    return next(line for line in out.splitlines() if "scripts/sft.py" in line)
+    """The sft.py launch line that `make -n` prints."""
+    return next(line for line in make_dry_run(*args).splitlines() if "scripts/sft.py" in line)
 
 
 @pytest.mark.parametrize("gpus", ["6", "2"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from platforms.kaggle import KagglePlatform
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, make_dry_run, run_script
 
 KEY = "kq9-very-secret-key-771"
 TOKEN = "KGAT_token_abc123_secret"
@@ -168,10 +168,7 @@ def test_a_dry_run_writes_the_folder_and_only_prints_the_command(tmp_path, fake_
 
 
 def test_make_kaggle_push_passes_its_variables():
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
-    out = subprocess.run(["make", "--no-print-directory", "-n", "kaggle-push", "KERNEL=alice/qwen-kit-rag", "JOB=rag",
-                          "DOCS=alice/campus-docs", "DRY_RUN=1"], cwd=ROOT, capture_output=True, text=True,
-                         check=True, env=env).stdout
+    out = make_dry_run("kaggle-push", "KERNEL=alice/qwen-kit-rag", "JOB=rag", "DOCS=alice/campus-docs", "DRY_RUN=1")
     line = next(ln for ln in out.splitlines() if "scripts/kaggle.py" in ln)
     assert ("scripts/kaggle.py push alice/qwen-kit-rag --job rag --model Qwen/Qwen2.5-1.5B-Instruct "
             "--docs alice/campus-docs --dry-run") in " ".join(line.split())

@@ -159,3 +159,37 @@ def test_script_refuses_with_one_line(args, message, tmp_path):
     err = r.stderr.decode()
     assert r.returncode == 2, err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_make_webui_passes_its_variables():
+    from tests.conftest import make_dry_run
+
+    line = next(ln for ln in make_dry_run("webui", "MODEL=Qwen/Qwen2.5-1.5B-Instruct", "ADAPTER=out/final",
+                                          "KB=docs_a docs_b", "AUTH=me:pw", "PORT=6006").splitlines()
+                if "scripts/webui.py" in ln)
+    assert ("scripts/webui.py --model Qwen/Qwen2.5-1.5B-Instruct --adapter out/final --kb docs_a --kb docs_b "
+            "--personas data/personas --port 6006 --auth me:pw") in " ".join(line.split())
+
+
+def test_a_saved_index_is_offered_and_sampling_settings_apply(tiny, embedder, tmp_path):
+    from qwen_kit.retrieval.index import build_index
+    from qwen_kit.webui.service import sampling_from
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "bus.md").write_text("# Bus\n\nThe campus bus leaves every 20 minutes from the north gate.\n")
+    build_index(docs, tmp_path / "bus-index", embedder, progress=False)
+    with pytest.raises(UserError, match="--max-context 512 leaves 0 prompt tokens"):  # at start, not in the page
+        WebChatService(WebConfig(chat=ChatConfig(max_context=512, memory_file=str(tmp_path / "m.txt"))), loaded=tiny)
+    service = WebChatService(WebConfig(chat=ChatConfig(max_context=512, max_new_tokens=64,
+                                                       memory_file=str(tmp_path / "m.txt")),
+                                       knowledge=[str(tmp_path / "bus-index")]), loaded=tiny)
+    assert service.knowledge_choices() == ["(none)", "bus-index"]
+    conv = service.conversation(knowledge="bus-index")
+    conv.set_sampling(sampling_from(service.cfg.chat, greedy=True, max_new_tokens=3))
+    list(conv.stream("How often does the bus leave?"))
+    turn_extras = conv.engine.rounds[-1].extras
+    assert turn_extras["sources"][0]["file"] == "bus.md"
+    assert len(tiny.tokenizer(conv.engine.rounds[-1].assistant)["input_ids"]) <= 3
+    with pytest.raises(UserError, match="below the context"):
+        conv.set_sampling(sampling_from(service.cfg.chat, max_new_tokens=512))
