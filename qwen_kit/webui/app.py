@@ -26,7 +26,7 @@ try:
 except ImportError:  # the [webui] extra is not installed; run_webui says how to get it
     gr = None
 
-WAITING = "*waiting for the model: another conversation is being answered…*"
+WAITING = "*waiting for the model: another conversation is being answered… 等待模型：正在回答另一个对话…*"
 UPDATE_S = 0.05  # streaming redraws: 20 per second looks smooth and costs little
 
 CSS = """
@@ -34,6 +34,40 @@ CSS = """
 #qk-header p {margin: 0}
 footer {display: none !important}
 """
+
+
+# The page's own words, in the browser's language (English, or Chinese for zh browsers).
+TEXTS = {
+    "chat": ("Conversation", "对话"),
+    "type": ("Type a message and press Enter", "输入消息，按回车发送"),
+    "send": ("Send", "发送"),
+    "stop": ("Stop", "停止"),
+    "new": ("New conversation", "新对话"),
+    "export": ("Export (JSON)", "导出 (JSON)"),
+    "exported": ("Exported conversation", "导出的对话"),
+    "persona": ("Persona", "人设"),
+    "kb": ("Knowledge base", "知识库"),
+    "memory": ("Long-term memory", "长期记忆"),
+    "sampling": ("Sampling", "采样参数"),
+    "greedy": ("Greedy (deterministic)", "贪心解码（结果固定）"),
+    "temperature": ("Temperature", "温度 Temperature"),
+    "top_p": ("Top-p", "Top-p"),
+    "top_k": ("Top-k (0: off)", "Top-k（0 为关闭）"),
+    "penalty": ("Repetition penalty", "重复惩罚"),
+    "max_new": ("Max new tokens", "最大生成 token 数"),
+    "memories": ("Memories", "记忆"),
+    "query": ("search (ranked by relevance; empty: latest)", "搜索（按相关度排序；留空显示最近的）"),
+    "search": ("Search", "搜索"),
+    "forget_id": ("id to forget (or: all)", "要删除的 id（或 all）"),
+    "forget": ("Forget", "删除"),
+}
+I18N = gr.I18n(en={k: en for k, (en, _) in TEXTS.items()},
+               **{lang: {k: zh for k, (_, zh) in TEXTS.items()} for lang in ("zh", "zh-CN", "zh-TW", "zh-HK")}) \
+    if gr is not None else None
+
+
+def T(key: str):  # noqa: N802 - reads like a translation marker
+    return I18N(key)
 
 
 def build_page(service: WebChatService) -> Any:
@@ -54,45 +88,45 @@ def build_page(service: WebChatService) -> Any:
         gr.Markdown(f"**qwen_kit chat** · model: `{service.model_name}`", elem_id="qk-header")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(elem_id="qk-chat", height=520, label="Conversation",
+                chatbot = gr.Chatbot(elem_id="qk-chat", height=520, label=T("chat"),
                                      buttons=["copy", "copy_all"], feedback_options=None)
                 with gr.Row():
                     box = gr.Textbox(elem_id="qk-input", show_label=False, scale=5, autofocus=True,
-                                     placeholder="Type a message and press Enter")
-                    send = gr.Button("Send", variant="primary", elem_id="qk-send", scale=1, min_width=80)
-                    stop = gr.Button("Stop", variant="stop", elem_id="qk-stop", scale=1, min_width=80)
+                                     placeholder=T("type"))
+                    send = gr.Button(T("send"), variant="primary", elem_id="qk-send", scale=1, min_width=80)
+                    stop = gr.Button(T("stop"), variant="stop", elem_id="qk-stop", scale=1, min_width=80)
                 with gr.Row():
-                    reset = gr.Button("New conversation", elem_id="qk-reset", size="sm")
-                    export = gr.Button("Export (JSON)", elem_id="qk-export", size="sm")
-                exported = gr.File(label="Exported conversation", visible=False, elem_id="qk-exported")
+                    reset = gr.Button(T("new"), elem_id="qk-reset", size="sm")
+                    export = gr.Button(T("export"), elem_id="qk-export", size="sm")
+                exported = gr.File(label=T("exported"), visible=False, elem_id="qk-exported")
             with gr.Column(scale=2):
-                persona = gr.Dropdown(service.persona_choices(), value=NONE, label="Persona",
+                persona = gr.Dropdown(service.persona_choices(), value=NONE, label=T("persona"),
                                       elem_id="qk-persona", interactive=len(service.personas) > 0)
-                kb = gr.Dropdown(service.knowledge_choices(), value=NONE, label="Knowledge base",
+                kb = gr.Dropdown(service.knowledge_choices(), value=NONE, label=T("kb"),
                                  elem_id="qk-kb", interactive=len(service.knowledge) > 0)
-                memory_on = gr.Checkbox(value=service.cfg.memory, label="Long-term memory",
+                memory_on = gr.Checkbox(value=service.cfg.memory, label=T("memory"),
                                         elem_id="qk-memory-switch",
                                         info=f"rounds that leave the prompt go to {service.memory.file.path.name}")
-                with gr.Accordion("Sampling", open=False, elem_id="qk-sampling"):
-                    greedy = gr.Checkbox(value=cfg.greedy, label="Greedy (deterministic)")
-                    temperature = gr.Slider(0.05, 2.0, value=cfg.temperature, step=0.05, label="Temperature")
-                    top_p = gr.Slider(0.05, 1.0, value=cfg.top_p, step=0.05, label="Top-p")
-                    top_k = gr.Slider(0, 200, value=cfg.sample_top_k, step=1, label="Top-k (0: off)")
-                    penalty = gr.Slider(1.0, 2.0, value=cfg.repetition_penalty, step=0.01, label="Repetition penalty")
+                with gr.Accordion(T("sampling"), open=False, elem_id="qk-sampling"):
+                    greedy = gr.Checkbox(value=cfg.greedy, label=T("greedy"))
+                    temperature = gr.Slider(0.05, 2.0, value=cfg.temperature, step=0.05, label=T("temperature"))
+                    top_p = gr.Slider(0.05, 1.0, value=cfg.top_p, step=0.05, label=T("top_p"))
+                    top_k = gr.Slider(0, 200, value=cfg.sample_top_k, step=1, label=T("top_k"))
+                    penalty = gr.Slider(1.0, 2.0, value=cfg.repetition_penalty, step=0.01, label=T("penalty"))
                     max_new = gr.Slider(1, max(2, service.max_context // 2), value=cfg.max_new_tokens, step=1,
-                                        label="Max new tokens")
-                with gr.Accordion("Memories", open=False, elem_id="qk-memories"):
+                                        label=T("max_new"))
+                with gr.Accordion(T("memories"), open=False, elem_id="qk-memories"):
                     with gr.Row():
-                        query = gr.Textbox(show_label=False, placeholder="search (ranked by relevance; empty: latest)",
+                        query = gr.Textbox(show_label=False, placeholder=T("query"),
                                            elem_id="qk-memory-query", scale=3)
-                        search = gr.Button("Search", elem_id="qk-memory-search", scale=1, size="sm")
+                        search = gr.Button(T("search"), elem_id="qk-memory-search", scale=1, size="sm")
                     table = gr.Dataframe(headers=["id", "time", "you said", "reply"], elem_id="qk-memory-table",
                                          interactive=False, wrap=True,
                                          column_widths=["18%", "18%", "32%", "32%"])
                     with gr.Row():
-                        forget_id = gr.Textbox(show_label=False, placeholder="id to forget (or: all)",
+                        forget_id = gr.Textbox(show_label=False, placeholder=T("forget_id"),
                                                elem_id="qk-forget-id", scale=3)
-                        forget = gr.Button("Forget", variant="stop", elem_id="qk-forget", scale=1, size="sm")
+                        forget = gr.Button(T("forget"), variant="stop", elem_id="qk-forget", scale=1, size="sm")
                     memory_note = gr.Markdown(elem_id="qk-memory-note")
 
         setup = [persona, kb, memory_on]
@@ -215,7 +249,7 @@ def run_webui(cfg: WebConfig) -> int:
         _, local_url, share_url = page.launch(
             server_name=address.host, server_port=address.port, share=address.share, auth=address.auth,
             auth_message="qwen_kit: log in with the --auth user and password", prevent_thread_lock=True,
-            ssr_mode=False, show_error=True, quiet=True, theme=theme(), css=CSS, footer_links=[],
+            ssr_mode=False, show_error=True, quiet=True, theme=theme(), css=CSS, footer_links=[], i18n=I18N,
             allowed_paths=[], pwa=False, mcp_server=False)
     except OSError as err:
         service.close_all()

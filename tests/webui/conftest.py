@@ -86,8 +86,8 @@ def server(tiny_qwen_dir, tmp_path_factory):
     stop_server(proc)
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def new_browser(profile: Path, language: str | None = None):
+    """Headless Chromium driven by Selenium through chromedriver (skips the test without them)."""
     paths = browser_paths()
     if paths is None:
         pytest.skip("no Chromium: install Debian's chromium and chromium-driver (.ci/run does) to run the "
@@ -101,10 +101,17 @@ def browser(tmp_path_factory):
     options.binary_location = paths[0]
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-quic", "--no-first-run", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+                 "--disable-quic", "--no-first-run", "--window-size=1400,1000", f"--user-data-dir={profile}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(paths[1]))
+    if language:
+        options.add_argument(f"--lang={language}")
+        options.add_experimental_option("prefs", {"intl.accept_languages": language})
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return webdriver.Chrome(options=options, service=Service(paths[1]))
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    driver = new_browser(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()

@@ -45,13 +45,11 @@ def shot(driver, name: str) -> None:
 
 
 def login(driver, url: str, user: str = USER, password: str = PASSWORD) -> None:
-    from selenium.webdriver.common.by import By
-
     driver.get(url + "/")
     wait(driver, lambda d: len(css(d, "input[type=password]")) == 1, message="no login form")
     css(driver, "input[type=text]")[0].send_keys(user)
     css(driver, "input[type=password]")[0].send_keys(password)
-    driver.find_element(By.XPATH, "//button[contains(., 'Login')]").click()
+    css(driver, "button")[-1].click()  # the login form's only button ("Login", "登录", …)
 
 
 def open_page(driver, url: str) -> None:
@@ -211,3 +209,16 @@ def test_a_message_sent_while_another_tab_generates_waits_visibly(browser, serve
     wait(browser, lambda d: bot_messages(d) and waiting_text not in bot_messages(d)[-1] and idle(d), timeout=60,
          message="the waiting message was not answered after the other conversation")
     assert user_messages(browser) == ["Am I in the queue?"]
+
+
+def test_a_chinese_browser_gets_chinese_labels(browser, server, tmp_path):
+    from tests.webui.conftest import new_browser
+
+    zh = new_browser(tmp_path / "profile", language="zh-CN")
+    try:
+        open_page(zh, server["url"])
+        wait(zh, lambda d: text_of(d, "#qk-send") == "发送", message="the Send button is not in Chinese")
+        assert "人设" in text_of(zh, "#qk-persona") and "知识库" in text_of(zh, "#qk-kb")
+        shot(zh, "10_chinese_labels")
+    finally:
+        zh.quit()
