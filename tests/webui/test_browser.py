@@ -175,6 +175,15 @@ def test_memory_panel_lists_and_forgets(browser, server):
     table = lambda d: text_of(d, "#qk-memory-table")  # noqa: E731
     wait(browser, lambda d: "Mochi" in table(d) and "Chengdu" in table(d), message="seeded memories not listed")
     shot(browser, "07_memories")
+    # with the switch on, an answer shows the memories it was given
+    css(browser, "#qk-memory-switch input[type=checkbox]")[0].click()
+    wait(browser, idle)
+    send(browser, "Where was I born?")
+    wait(browser, lambda d: "Memories recalled" in text_of(d, "#qk-chat .thought-group .title") and idle(d),
+         timeout=60, message="no recalled memories under the answer")
+    css(browser, "#qk-chat .thought-group .title")[-1].click()
+    wait(browser, lambda d: "I was born in Chengdu." in text_of(d, "#qk-chat"), message="recalled memory not shown")
+    shot(browser, "07b_memories_recalled")
     gone = SEEDED[0]
     css(browser, "#qk-forget-id textarea, #qk-forget-id input")[0].send_keys(gone["id"])
     css(browser, "#qk-forget")[0].click()
