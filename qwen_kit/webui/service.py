@@ -123,13 +123,12 @@ class WebChatService:
         for given, root in zip([*cfg.knowledge, *cfg.personas], self.roots):
             if not root.exists():
                 raise UserError(f"{given}: no such file or folder; check --kb / --personas")
-        persona_files = self._persona_files()
         self.personas: dict[str, Any] = {}
-        for path in persona_files:
+        for path, named in self._persona_files():
             try:
                 persona = load_persona(path)
             except UserError as err:
-                if str(path) in map(str, self._given_files()):
+                if named:  # a file named on the command line must load; one in a folder may be skipped
                     raise
                 print(f"qwen_kit: skipping persona {path}: {err}", file=sys.stderr)
                 continue
@@ -158,17 +157,16 @@ class WebChatService:
         self._chunks: dict[int, dict[str, Any]] = {}
 
     # -- what the page may offer -------------------------------------------------------------
-    def _given_files(self) -> list[Path]:
-        return [Path(p).expanduser().resolve() for p in self.cfg.personas if Path(p).expanduser().is_file()]
-
-    def _persona_files(self) -> list[Path]:
-        files: list[Path] = []
+    def _persona_files(self) -> list[tuple[Path, bool]]:
+        """``(file, named on the command line)`` for every persona file given or in a given folder."""
+        files: list[tuple[Path, bool]] = []
         for given in self.cfg.personas:
             p = Path(given).expanduser().resolve()
             if p.is_dir():
-                files += sorted(f for f in p.iterdir() if f.suffix.lower() in PERSONA_SUFFIXES and f.is_file())
+                files += [(f, False) for f in sorted(p.iterdir())
+                          if f.suffix.lower() in PERSONA_SUFFIXES and f.is_file()]
             else:
-                files.append(p)
+                files.append((p, True))
         return files
 
     def _kb_label(self, path: str) -> str:

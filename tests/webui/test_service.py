@@ -193,3 +193,10 @@ def test_a_saved_index_is_offered_and_sampling_settings_apply(tiny, embedder, tm
     assert len(tiny.tokenizer(conv.engine.rounds[-1].assistant)["input_ids"]) <= 3
     with pytest.raises(UserError, match="below the context"):
         conv.set_sampling(sampling_from(service.cfg.chat, max_new_tokens=512))
+
+
+def test_a_broken_persona_named_on_the_command_line_stops_the_start(tiny, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n", encoding="utf-8")
+    with pytest.raises(UserError, match="bad.yaml"):
+        WebChatService(WebConfig(personas=[str(bad)]), loaded=tiny)
