@@ -74,14 +74,8 @@ def build_page(service: WebChatService) -> Any:
     cfg = service.cfg.chat
     export_dir = Path(tempfile.mkdtemp(prefix="qwen_kit_exports_"))
 
-    def new_conversation(persona: str, kb: str, memory_on: bool) -> Conversation:
-        return service.conversation(persona, kb, memory_on)
-
     def ensure(conv: Conversation | None, persona: str, kb: str, memory_on: bool) -> Conversation:
-        return conv if conv is not None else new_conversation(persona, kb, memory_on)
-
-    def fail(err: UserError) -> None:
-        raise gr.Error(str(err), print_exception=False)
+        return conv if conv is not None else service.conversation(persona, kb, memory_on)
 
     with gr.Blocks(title="qwen_kit chat", fill_height=True) as page:
         conv_state = gr.State(None, delete_callback=lambda conv: conv.close() if conv is not None else None)
@@ -133,7 +127,7 @@ def build_page(service: WebChatService) -> Any:
         sampling = [greedy, temperature, top_p, top_k, penalty, max_new]
 
         def on_load(persona_v: str, kb_v: str, mem_v: bool):
-            conv = new_conversation(persona_v, kb_v, mem_v)
+            conv = service.conversation(persona_v, kb_v, mem_v)
             return conv, conv.messages(), service.memories()
 
         def on_setup(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool):
@@ -141,7 +135,7 @@ def build_page(service: WebChatService) -> Any:
             try:
                 conv.configure(persona_v, kb_v, mem_v)
             except UserError as err:
-                fail(err)
+                raise gr.Error(str(err), print_exception=False) from None
             return conv, conv.messages()
 
         def on_send(conv: Conversation | None, text: str, persona_v: str, kb_v: str, mem_v: bool,

@@ -264,9 +264,7 @@ class Conversation:
         knowledge = s._pick(knowledge, s.knowledge, "knowledge base")
         with s.state_lock:
             if persona != self.persona:
-                self.close()  # the old conversation's rounds are remembered when memory was on
-                self.persona, self.knowledge, self.memory_on = persona, knowledge, memory
-                self.chat = self._build()
+                self._restart(persona, knowledge, memory)
                 return
             if (knowledge, memory) == (self.knowledge, self.memory_on):
                 return
@@ -275,6 +273,15 @@ class Conversation:
             self.chat = self._build()
             self.chat.engine.rounds, self.chat.engine.window_start = old.rounds, old.window_start
             self.chat.engine.settings = old.settings
+
+    def _restart(self, persona: str | None, knowledge: str | None, memory: bool) -> None:
+        """End this dialogue (its rounds go to memory when memory was on) and begin a new one,
+        opened by the persona's greeting, with the same sampling settings."""
+        settings = self.engine.settings
+        self.chat.close()
+        self.persona, self.knowledge, self.memory_on = persona, knowledge, memory
+        self.chat = self._build()
+        self.chat.engine.settings = settings
 
     def set_sampling(self, settings: GenerationSettings) -> None:
         if settings.max_new_tokens < 1:
@@ -312,10 +319,7 @@ class Conversation:
         greeting opens the new one. Returns how many rounds went to memory."""
         with self.service.state_lock:
             kept = len(self.engine.in_prompt()) if self.memory_on else 0
-            settings = self.engine.settings
-            self.engine.reset()
-            self.chat = self._build()
-            self.chat.engine.settings = settings
+            self._restart(self.persona, self.knowledge, self.memory_on)
             return kept
 
     def close(self) -> None:
