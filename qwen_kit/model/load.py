@@ -82,6 +82,22 @@ def _check_config(ref: ModelRef, trust_remote_code: bool) -> dict[str, Any]:
     return config
 
 
+def warn_if_not_portable(folder: Path) -> None:
+    """One line on stderr when transformers 4 (OpenCompass, older tools) would read ``folder``
+    as a different model than this loader does (a fine-tune saved before the kit wrote portable
+    folders, or a folder saved by transformers 5 directly)."""
+    from qwen_kit.model.portable import REPAIR_HINT, portability_problems
+
+    try:
+        problems = portability_problems(folder)
+    except ValueError:
+        return  # malformed JSON: the load itself reports it
+    if problems:
+        print(f"qwen_kit: warning: transformers 4 (OpenCompass, older tools) would read {folder} differently: "
+              f"{problems[0]}{f' (+{len(problems) - 1} more)' if len(problems) > 1 else ''}; repair it with: "
+              + REPAIR_HINT.format(folder=folder), file=sys.stderr)
+
+
 def generation_problem(model: Any, tokenizer: Any, new_tokens: int = 4) -> str | None:
     """Generate a few tokens and report the known half-precision failure of Qwen2 (NaN or
     infinite logits, or a reply of nothing but "!"); ``None`` when the model is healthy."""
@@ -142,6 +158,8 @@ def load_model(name: str, options: LoadOptions | None = None, platform: Platform
     if adapter is not None and not adapter.exists():
         raise UserError(f"adapter folder {adapter} does not exist")
     config = _check_config(ref, options.trust_remote_code)
+    if not quiet and ref.source != "demo":
+        warn_if_not_portable(ref.path)
 
     device, capability = pick_device(options.device)
     precision = choose_precision(device, capability, options.load_in_4bit, options.dtype,

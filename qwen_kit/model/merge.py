@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from qwen_kit.errors import UserError
-from qwen_kit.model.portable import save_tokenizer
+from qwen_kit.model.portable import save_model
 
 
 def merge_adapter(adapter: str, out: str, base: str | None = None, dtype: str = "float32") -> Path:
@@ -26,8 +26,6 @@ def merge_adapter(adapter: str, out: str, base: str | None = None, dtype: str = 
         raise UserError(f"{adapter_dir} has no adapter_config.json; pass the folder a LoRA run saved")
     loaded = load_model(base or str(adapter_dir), LoadOptions(adapter=str(adapter_dir), dtype=dtype, device="cpu"))
     merged = loaded.model.merge_and_unload()
-    target.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(target)
-    save_tokenizer(loaded.tokenizer, target)
+    save_model(merged, target, loaded.tokenizer)
     print(f"merged {adapter_dir} into {loaded.ref.path}; saved to {target}", file=sys.stderr)
     return target

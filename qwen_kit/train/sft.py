@@ -26,7 +26,7 @@ from qwen_kit.data.prepare import TokenizedData, prepare_data
 from qwen_kit.data.render import RenderOptions
 from qwen_kit.errors import UserError
 from qwen_kit.train.config import TrainConfig
-from qwen_kit.model.portable import save_tokenizer
+from qwen_kit.model.portable import make_folder_portable, reply_end_ids, save_tokenizer
 
 
 def _rank_info() -> tuple[int, int]:
@@ -133,6 +133,20 @@ def _precision_flags(cfg: TrainConfig) -> dict[str, bool]:
     return {"bf16": False, "fp16": True}  # T4 / V100: no bf16
 
 
+def portable_checkpoints(end_ids: list[int]) -> Any:
+    """A Trainer callback that makes every ``checkpoint-N`` folder readable by transformers 4
+    as well, so OpenCompass can score a checkpoint directly."""
+    from transformers import TrainerCallback
+
+    class PortableCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                make_folder_portable(folder, end_ids=end_ids)
+
+    return PortableCheckpoints()
+
+
 def _peak_memory_mb() -> float:
     import torch
 
@@ -202,6 +216,8 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
               f"{len(eval_ds) if eval_ds else 0} eval items; {world} process(es)", file=sys.stderr)
 
     callbacks = list(extra_callbacks or [])
+    if is_main:
+        callbacks.append(portable_checkpoints(reply_end_ids(model, tokenizer)))
     if cfg.bench:
         from qwen_kit.eval.callback import BenchmarkCallback
 
@@ -234,6 +250,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
     trainer.save_model(str(out))  # rank 0 only; LoRA runs save the adapter in PEFT format
     if is_main:
         save_tokenizer(tokenizer, out)
+        make_folder_portable(out, end_ids=reply_end_ids(model, tokenizer))
         save_config(cfg, out / "qwen_kit_config.yaml")
         (out / "run_summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=str),
                                               encoding="utf-8")

@@ -28,6 +28,7 @@ def test_the_persona_replaces_qwens_default_system_prompt(tiny):
     assert prompt.index("Shut the door, friend") < prompt.index("Who are you?")
 
 
+@pytest.mark.slow
 def test_the_demo_model_answers_with_the_personas_name(demo):
     persona = load_persona(LIGHTHOUSE)
     engine = ChatEngine(demo.model, demo.tokenizer, system=persona.system_message(),

@@ -17,11 +17,28 @@ REF = ROOT / "tests" / "eval" / "reference"
 MCQ = REF / "mcq_small.jsonl"
 
 
+TIE = 1e-5  # two options whose scores differ by less than float32 rounding of a ~7.0 perplexity
+
+
 def _agreement(scored, reference):
-    same = sum(str(reference[str(s.item.index)]["prediction"]) == s.prediction for s in scored)
-    ours = 100 * sum(s.correct for s in scored) / len(scored)
-    theirs = 100 * sum(str(r["prediction"]) == str(r["gold"]) for r in reference.values()) / len(reference)
-    return same / len(scored), abs(ours - theirs)
+    """(share of items with the same choice, accuracy gap in points), leaving out numerical ties:
+    items where OpenCompass's choice and ours score within TIE of each other on *both* sides
+    (a random-weight model puts some options that close; either answer is then right)."""
+    def key(s):
+        return reference[str(s.item.index)]
+    ties = [s for s in scored if str(key(s)["prediction"]) != s.prediction
+            and abs(s.scores[s.item.labels.index(str(key(s)["prediction"]))] - s.scores[s.item.labels.index(s.prediction)]) < TIE
+            and abs(_ref_score(key(s), key(s)["prediction"]) - _ref_score(key(s), s.prediction)) < TIE]
+    decided = [s for s in scored if s not in ties]
+    assert len(ties) <= max(1, len(scored) // 50), f"{len(ties)} ties of {len(scored)}: the fixture is too uniform"
+    same = sum(str(key(s)["prediction"]) == s.prediction for s in decided)
+    ours = sum(s.correct for s in decided)
+    theirs = sum(str(key(s)["prediction"]) == str(key(s)["gold"]) for s in decided)
+    return same / max(1, len(decided)), 100 * abs(ours - theirs) / max(1, len(decided))
+
+
+def _ref_score(row, label):
+    return (row.get("ppl") or row.get("scores"))[str(label)]
 
 
 @pytest.mark.parametrize("share_prefix", [True, False])
@@ -29,7 +46,7 @@ def test_custom_mcq_agrees_with_opencompass(tiny, share_prefix):
     reference = json.loads((REF / "mcq_small_opencompass.json").read_text())
     scored = score_items(tiny.model, tiny.tokenizer, custom_mcq(MCQ), progress=False, share_prefix=share_prefix)
     share, gap = _agreement(scored, reference)
-    assert share >= 0.98 and gap <= 0.5, (share, gap)
+    assert share == 1.0 and gap == 0.0, (share, gap)  # every item's choice, as the reference README says
     for s in scored:  # the perplexities themselves, not only the choices
         for label, value in zip(s.item.labels, s.scores):
             assert abs(value - reference[str(s.item.index)]["ppl"][label]) < 1e-4
@@ -48,25 +65,60 @@ def test_the_six_configs_agree_with_opencompass_on_their_file_layout(tiny, tmp_p
             by_set.setdefault(s.item.dataset, []).append(s)
         for dataset, ss in by_set.items():
             share, gap = _agreement(ss, reference[dataset])
-            assert share >= 0.98 and gap <= 0.5, (dataset, share, gap)
+            assert share == 1.0 and gap == 0.0, (dataset, share, gap)
             for s in ss:
                 ref = reference[dataset][str(s.item.index)]["scores"]
                 assert all(abs(v - ref[lab]) < 1e-4 for lab, v in zip(s.item.labels, s.scores)), dataset
 
 
-@pytest.mark.slow
-def test_opencompass_itself_when_its_venv_exists(tiny_qwen_dir, tiny, tmp_path):
-    exe = ROOT / ".venv-eval" / "bin" / "opencompass"
-    if not exe.is_file():
-        pytest.skip("no .venv-eval (make eval-venv); the committed reference outputs are checked instead")
-    # through the kit's own wrapper, as `make eval` runs it
-    res = run_script("opencompass_eval.py", str(tiny_qwen_dir), "--datasets", str(MCQ), "--out", str(tmp_path / "oc"),
+def _opencompass_agrees(folder: Path, tmp_path: Path, name: str):
+    """`make eval`'s wrapper on ``folder``, against the built-in evaluator loading it: the same
+    choice on every item, the same accuracy, every perplexity within 1e-4."""
+    from qwen_kit.model import load_model
+
+    res = run_script("opencompass_eval.py", str(folder), "--datasets", str(MCQ), "--out", str(tmp_path / name),
                      cwd=tmp_path, timeout=900)
     assert res.returncode == 0, res.stderr.decode()[-2000:]
-    produced = next((tmp_path / "oc").glob("*/predictions/*/mcq_small.json"))
-    theirs = {k: {"prediction": v["prediction"], "gold": v["gold"]} for k, v in json.loads(produced.read_text()).items()}
-    share, gap = _agreement(score_items(tiny.model, tiny.tokenizer, custom_mcq(MCQ), progress=False), theirs)
-    assert share >= 0.98 and gap <= 0.5
+    produced = next((tmp_path / name).glob("*/predictions/*/mcq_small.json"))
+    theirs = {k: {"prediction": v["prediction"], "gold": v["gold"],
+                  "ppl": {lab[len("label: "):]: x["PPL"] for lab, x in v.items() if lab.startswith("label: ")}}
+              for k, v in json.loads(produced.read_text()).items()}
+    loaded = load_model(str(folder), quiet=True)
+    scored = score_items(loaded.model, loaded.tokenizer, custom_mcq(MCQ), progress=False)
+    share, gap = _agreement(scored, theirs)
+    assert share == 1.0 and gap == 0.0, (share, gap)
+    worst = max(abs(v - theirs[str(s.item.index)]["ppl"][lab]) for s in scored for lab, v in zip(s.item.labels, s.scores))
+    assert worst < 1e-4, worst
+    return scored
+
+
+@pytest.mark.slow
+def test_opencompass_itself_agrees_on_a_kit_finetune_and_on_a_repaired_old_one(tiny_qwen_dir, tmp_path, monkeypatch):
+    exe = ROOT / ".venv-eval" / "bin" / "opencompass"
+    if not exe.is_file():
+        pytest.skip("no .venv-eval: `make eval-venv` (about 2 minutes) runs OpenCompass itself here; "
+                    "the committed reference outputs are checked instead")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qwen_kit.train.config import TrainConfig
+    from qwen_kit.train.sft import run_sft
+
+    monkeypatch.setenv("QWEN_KIT_CACHE", str(tmp_path / "cache"))
+    rows = [{"instruction": f"Question {i}: which option is right?", "input": "", "output": "Answer: " + "ABCD"[i % 4]}
+            for i in range(32)]
+    (tmp_path / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
+    run_sft(TrainConfig(model=str(tiny_qwen_dir), data=str(tmp_path / "rows.json"), output_dir=str(tmp_path / "ft"),
+                        max_len=128, per_device_batch=4, learning_rate=3e-3, max_steps=8, eval_share=0.0,
+                        save_steps=1000, warmup_ratio=0.0, loss="full"))
+    _opencompass_agrees(tmp_path / "ft", tmp_path, "oc-new")
+
+    old = tmp_path / "old"  # the same fine-tune as the previous release saved it
+    AutoModelForCausalLM.from_pretrained(tmp_path / "ft").save_pretrained(old)
+    AutoTokenizer.from_pretrained(tmp_path / "ft").save_pretrained(old)
+    refused = run_script("opencompass_eval.py", str(old), "--datasets", str(MCQ), "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and f"make portable MODEL={old}" in refused.stderr.decode()
+    assert run_script("portable.py", str(old)).returncode == 0
+    _opencompass_agrees(old, tmp_path, "oc-repaired")
 
 
 @pytest.mark.parametrize("content, message", [

@@ -41,18 +41,30 @@ def test_loading_an_adapter_changes_the_output(tiny, tiny_qwen_dir, tmp_path):
 def test_an_adapter_for_another_base_model_is_refused(tiny_qwen_dir, tmp_path):
     from qwen_kit.testing import build_tiny_qwen
 
-    other = build_tiny_qwen(tmp_path / "wider", hidden_size=64)
+    other = build_tiny_qwen(tmp_path / "wider", hidden_size=256)
     adapter = _save_random_lora(other, tmp_path / "lora-for-wider")
     with pytest.raises(UserError, match="does not fit base model"):
         load_model(str(tiny_qwen_dir), LoadOptions(adapter=str(adapter)), quiet=True)
 
 
-def test_a_4bit_load_generates(tiny_qwen_dir):
+def test_a_4bit_load_generates(tiny_qwen_dir, record_property):
+    """Both of bitsandbytes' CPU paths: on a CPU with AVX512-BF16 it repacks the 4-bit weights
+    for its fused kernel at the first forward (this needs dimensions in multiples of its 64-wide
+    blocks, as real models have); elsewhere it dequantises. The path taken is recorded."""
+    from bitsandbytes.functional import has_avx512bf16
+
     loaded = load_model(str(tiny_qwen_dir), LoadOptions(load_in_4bit=True), quiet=True)
-    assert any(type(m).__name__ == "Linear4bit" for m in loaded.model.modules())
+    layers = [m for m in loaded.model.modules() if type(m).__name__ == "Linear4bit"]
+    assert layers
     ids = loaded.tokenizer("hello", return_tensors="pt")
-    out = loaded.model.generate(**ids, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
+    pad = loaded.tokenizer.pad_token_id
+    out = loaded.model.generate(**ids, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=pad)
     assert out.shape[1] == ids["input_ids"].shape[1] + 5
+    repacked = [bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False)) for m in layers]
+    path = "AVX512-BF16 repacked kernel" if has_avx512bf16() else "dequantise, then matmul"
+    record_property("bitsandbytes_cpu_path", path)
+    print(f"bitsandbytes CPU path: {path}")
+    assert all(repacked) if has_avx512bf16() else not any(repacked), (path, repacked)
 
 
 def test_remote_code_is_not_run_without_the_flag(tiny_qwen_dir, tmp_path):

@@ -237,6 +237,7 @@ def _run_kernel(tmp_path, fake_tree, job, **spec):
     return res, json.loads((fake_tree / "working" / "qwen_kit_job.json").read_text())
 
 
+@pytest.mark.slow  # the kernel runs the demo model
 def test_the_kernel_script_runs_a_knowledge_base_chat_on_the_fake_tree(tmp_path, fake_tree):
     res, summary = _run_kernel(tmp_path, fake_tree, "rag", docs="bob/campus-docs",
                                messages=["When does the library close on weekdays?"])
@@ -249,6 +250,7 @@ def test_the_kernel_script_runs_a_knowledge_base_chat_on_the_fake_tree(tmp_path,
     assert KEY not in res.stdout.decode() + res.stderr.decode()
 
 
+@pytest.mark.slow  # the kernel runs the demo model
 def test_the_kernel_script_keeps_memory_in_the_working_folder(tmp_path, fake_tree):
     res, summary = _run_kernel(tmp_path, fake_tree, "memory",
                                messages=["My sister Ingrid lives in Tromsø.", "Where does my sister live?"])

@@ -93,7 +93,7 @@ def test_a_model_finetuned_on_a_few_rows_stops_at_its_end_token(tiny_qwen_dir, t
 
     rows = [{"instruction": "Who are you?", "input": "", "output": "I am a tiny bot."}] * 8
     (tmp_path / "few.json").write_text(json.dumps(rows))
-    run_sft(_cfg(tiny_qwen_dir, tmp_path / "few.json", tmp_path / "few", max_steps=150, learning_rate=1e-2,
+    run_sft(_cfg(tiny_qwen_dir, tmp_path / "few.json", tmp_path / "few", max_steps=150, learning_rate=3e-3,
                  per_device_batch=8))
     loaded = load_model(str(tmp_path / "few"), quiet=True)
     engine = ChatEngine(loaded.model, loaded.tokenizer, settings=GenerationSettings(max_new_tokens=40, greedy=True,

@@ -152,10 +152,10 @@ def test_reset_keeps_rounds_in_memory_and_export_writes_json(service, tmp_path):
     (["--kb", "no/such/folder"], "no/such/folder: no such file or folder"),
     (["--auth", "justaname"], "--auth must look like USER:PASSWORD"),
 ])
-def test_script_refuses_with_one_line(args, message, tmp_path):
+def test_script_refuses_with_one_line(args, message, tmp_path, tiny_qwen_dir):
     from tests.conftest import run_script
 
-    r = run_script("webui.py", "--model", "demo", *args, "--memory-file", str(tmp_path / "m.txt"), timeout=120)
+    r = run_script("webui.py", "--model", str(tiny_qwen_dir), *args, "--memory-file", str(tmp_path / "m.txt"), timeout=120)
     err = r.stderr.decode()
     assert r.returncode == 2, err
     assert message in err and len(err.strip().splitlines()) == 1, err
