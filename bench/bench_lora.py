@@ -41,7 +41,7 @@ def main() -> None:
             print(f"{variant} failed:\n{res.stderr[-2000:]}")
             continue
         s = json.loads((out / "run_summary.json").read_text())
-        rows.append((variant, s["trainable_params"], s["total_params"], s["peak_memory_mb"], s["tokens_per_s"]))
+        rows.append((variant, s["trainable_params"], s["total_params"], s["peak_memory_mb"], s["real_tokens_per_s"]))
     print(f"model {args.model}, {args.steps} steps, micro-batch 1 x 256-token bins, {os.cpu_count()} cores")
     print("| fine-tuning | trainable params | share | peak memory (MB) | tokens/s |\n| --- | --- | --- | --- | --- |")
     for v, t, n, m, tps in rows:

@@ -11,7 +11,8 @@ from typing import Any
 
 from platforms import Platform
 from qwen_kit.errors import UserError
-from qwen_kit.model.precision import Precision, choose_precision, estimate_params
+from qwen_kit.model.precision import (Precision, choose_attention, choose_precision, estimate_params,
+                                      flash_attn_installed)
 from qwen_kit.model.resolve import ModelRef, resolve_model
 
 
@@ -24,6 +25,7 @@ class LoadOptions:
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
+    attn: str = "sdpa"  # or auto, flash_attention_2, eager (choose_attention)
 
 
 @dataclass
@@ -162,8 +164,9 @@ def load_model(name: str, options: LoadOptions | None = None, platform: Platform
         warn_if_not_portable(ref.path)
 
     device, capability = pick_device(options.device)
+    attn, _ = choose_attention(options.attn, device, capability, flash_attn_installed())
     precision = choose_precision(device, capability, options.load_in_4bit, options.dtype,
-                                 prefer_4bit=platform.prefers_4bit(estimate_params(config)))
+                                 prefer_4bit=platform.prefers_4bit(estimate_params(config)), attn_implementation=attn)
     loaded = _load(ref, precision, options, adapter, quiet)
     if precision.dtype != "float16":
         return loaded

@@ -42,6 +42,49 @@ def choose_precision(device: str, capability: tuple[int, int] | None = None,
     return Precision(device=device, dtype=dtype, attn_implementation=attn_implementation, load_in_4bit=load_in_4bit)
 
 
+ATTENTION_CHOICES = ["auto", "sdpa", "flash_attention_2", "eager"]
+
+
+def flash_attn_installed() -> bool:
+    """Whether the flash-attn package (FlashAttention-2) can be imported, without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def choose_attention(requested: str, device: str, capability: tuple[int, int] | None,
+                     flash_installed: bool) -> tuple[str, str]:
+    """The attention kernel for ``requested`` (``auto`` or a name) on this hardware, and why.
+
+    ``auto`` takes FlashAttention-2 when flash-attn is installed and the GPU is Ampere or newer
+    (compute capability 8.0: A100, A800, L20, 30xx/40xx, H100), and PyTorch's SDPA otherwise
+    (the CPU, T4 and V100, or no flash-attn). Asking for FlashAttention-2 where it cannot run
+    is a :class:`UserError`.
+    """
+    from qwen_kit.errors import UserError
+
+    on_gpu = device.startswith("cuda")
+    fa2_ok = on_gpu and capability is not None and capability >= (8, 0)
+    if requested == "flash_attention_2":
+        if not flash_installed:
+            raise UserError("--attn flash_attention_2 needs the flash-attn package: pip install flash-attn "
+                            "--no-build-isolation (or use --attn sdpa)")
+        if not fa2_ok:
+            where = "the CPU" if not on_gpu else f"a GPU of compute capability {capability[0]}.{capability[1]}"
+            raise UserError(f"--attn flash_attention_2 needs an Ampere or newer GPU (8.0+); this is {where}: "
+                            "use --attn sdpa")
+        return requested, "asked for"
+    if requested != "auto":
+        return requested, "asked for"
+    if fa2_ok and flash_installed:
+        return "flash_attention_2", f"auto: flash-attn installed, GPU capability {capability[0]}.{capability[1]}"
+    if fa2_ok:
+        return "sdpa", "auto: the GPU supports FlashAttention-2 but flash-attn is not installed"
+    if on_gpu and capability is not None:
+        return "sdpa", f"auto: FlashAttention-2 needs capability 8.0+, this GPU is {capability[0]}.{capability[1]}"
+    return "sdpa", "auto: no GPU"
+
+
 def estimate_params(config: dict) -> float:
     """Parameters of a decoder-only transformer from its ``config.json`` (within a few %),
     known before any weight is read: Qwen2.5-0.5B → 0.49e9, 1.5B → 1.54e9."""

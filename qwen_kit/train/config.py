@@ -50,6 +50,11 @@ class TrainConfig:
     gradient_checkpointing: bool = _opt(False, "trade compute for memory")
     resume: str | None = _opt(None, "continue from 'latest' checkpoint or a checkpoint folder")
     overwrite: bool = _opt(False, "start over in an output folder that already has checkpoints")
+    attn: str = _opt("auto", "attention kernel: auto (FlashAttention-2 when flash-attn is installed on an Ampere+ "
+                             "GPU, else SDPA), sdpa, flash_attention_2 or eager",
+                     ["auto", "sdpa", "flash_attention_2", "eager"])
+    liger: bool = _opt(False, "apply liger-kernel's fused Qwen2 kernels (RMSNorm, SwiGLU, RoPE, fused linear "
+                              "cross-entropy); CUDA only, needs pip install liger-kernel")
     dtype: str = _opt("auto", "auto: bf16 on Ampere+, fp16 on T4/V100, fp32 on CPU",
                       ["auto", "float32", "bfloat16", "float16"])
     lora_r: int = _opt(16, "LoRA rank")

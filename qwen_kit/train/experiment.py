@@ -16,7 +16,8 @@ from qwen_kit.errors import UserError
 from qwen_kit.train.config import TrainConfig
 
 COLUMNS = ["variant", "per_device_batch", "grad_accum", "loss", "system", "steps", "final_train_loss",
-           "eval_loss", "tokens_per_s", "peak_memory_mb", "train_seconds"]
+           "eval_loss", "eval_reply_loss", "padding_efficiency", "real_tokens_per_s", "peak_memory_mb",
+           "train_seconds"]
 
 
 def load_sweep(path: str) -> dict[str, Any]:
@@ -54,7 +55,9 @@ def run_experiment(sweep_path: str, overrides: dict[str, Any] | None = None, out
         rows.append({"variant": vname, "per_device_batch": cfg.per_device_batch, "grad_accum": cfg.grad_accum,
                      "loss": cfg.loss, "system": "none" if cfg.no_system_prompt else (cfg.system_prompt or "template"),
                      "steps": summary["global_step"], "final_train_loss": losses[-1] if losses else None,
-                     "eval_loss": summary["eval_loss"], "tokens_per_s": summary["tokens_per_s"],
+                     "eval_loss": summary["eval_loss"], "eval_reply_loss": summary["eval_reply_loss"],
+                     "padding_efficiency": summary["padding_efficiency"],
+                     "real_tokens_per_s": summary["real_tokens_per_s"],
                      "peak_memory_mb": summary["peak_memory_mb"], "train_seconds": summary["train_seconds"]})
         # --bench (the built-in evaluator during training): the final scores join the table
         last = next((h for h in reversed(summary["log_history"]) if any(k.startswith("bench/") for k in h)), {})

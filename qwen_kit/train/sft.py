@@ -21,11 +21,13 @@ import numpy as np
 
 from platforms import current_platform
 from qwen_kit.config import save_config
-from qwen_kit.data.pack import SFTCollator, SFTDataset
+from qwen_kit.data.pack import LengthGroupedSampler, SFTCollator, SFTDataset
 from qwen_kit.data.prepare import TokenizedData, prepare_data
-from qwen_kit.data.render import RenderOptions
+from qwen_kit.data.render import IGNORE, RenderOptions
 from qwen_kit.errors import UserError
 from qwen_kit.train.config import TrainConfig
+from qwen_kit.model.precision import choose_attention, estimate_params, flash_attn_installed
+from qwen_kit.train.metrics import TokenMeter, peak_flops
 from qwen_kit.model.portable import make_folder_portable, reply_end_ids, save_tokenizer
 
 
@@ -71,6 +73,17 @@ def _split(data: TokenizedData, share: float, seed: int) -> tuple[TokenizedData,
     return pick(tr), pick(ev)
 
 
+def _reply_labels(evaluation: TokenizedData, cfg: TrainConfig, tokenizer: Any, platform: Any,
+                  progress: bool) -> list[np.ndarray]:
+    """Labels that keep only the reply tokens, for rows tokenized with another loss: the same
+    rows rendered with ``loss=response`` (the tokenization cache makes this cheap), matched by
+    their token ids (identical in both renderings)."""
+    opts = RenderOptions("response", cfg.system_prompt, cfg.no_system_prompt, cfg.max_len, cfg.too_long)
+    with_reply = prepare_data(cfg.data, tokenizer, opts, platform.cache_dir() / "tokenized", 1.0, progress=progress)
+    by_ids = {x.tobytes(): y for x, y in zip(with_reply.input_ids, with_reply.labels)}
+    return [by_ids.get(x.tobytes(), np.full_like(y, IGNORE)) for x, y in zip(evaluation.input_ids, evaluation.labels)]
+
+
 def _check_lora(cfg: TrainConfig, model: Any) -> None:
     if cfg.lora_r <= 0:
         raise UserError(f"--lora-r must be a positive rank, got {cfg.lora_r}")
@@ -93,10 +106,14 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
     # Full and LoRA training keep fp32 master weights and let autocast do bf16/fp16 math;
     # QLoRA stores the frozen base in nf4 and computes in the hardware's half type.
     dtype = cfg.dtype if (qlora or cfg.dtype != "auto") else "float32"
+    if cfg.liger and not device.startswith("cuda"):
+        raise UserError("--liger needs a CUDA GPU (liger-kernel's fused kernels are Triton GPU code); drop it on CPU")
     loaded = load_model(cfg.model, LoadOptions(dtype=dtype, device=device, load_in_4bit=qlora,
-                                               trust_remote_code=cfg.trust_remote_code),
+                                               trust_remote_code=cfg.trust_remote_code, attn=cfg.attn),
                         quiet=local_rank != 0)
     model, tokenizer = loaded.model, loaded.tokenizer
+    if cfg.liger:
+        apply_liger(model)
     model.config.use_cache = False  # no KV cache in training; also lets packed rows get a block-diagonal mask
     if cfg.deepspeed and cfg.finetune == "qlora":
         raise UserError("--deepspeed does not combine with QLoRA's 4-bit weights here; use --finetune lora or full")
@@ -113,14 +130,37 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def resolve_packing(cfg: TrainConfig, model: Any) -> bool:
+def apply_liger(model: Any) -> None:
+    """liger-kernel's Qwen2 patches on a loaded model: fused RMSNorm, SwiGLU, RoPE and the fused
+    linear cross-entropy (the logits are never materialised in full)."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_qwen2
+    except ImportError:
+        raise UserError("--liger needs the liger-kernel package: pip install liger-kernel") from None
+    kind = getattr(model.config, "model_type", "")
+    if kind != "qwen2":
+        raise UserError(f"--liger applies liger-kernel's Qwen2 patches; this model is {kind!r}")
+    apply_liger_kernel_to_qwen2(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=True, model=model)
+
+
+def resolve_packing(cfg: TrainConfig, model: Any) -> tuple[bool, str]:
     """Packing pays off with variable-length attention kernels (FlashAttention), which skip
     the masked blocks. With SDPA or eager attention a packed row costs quadratic attention
-    over the whole bin, and length-grouped batches were faster (docs/benchmarks.md)."""
+    over the whole bin, and length-grouped batches were faster (docs/benchmarks.md).
+    Returns the choice and the reason."""
     if cfg.packing is not None:
-        return cfg.packing
+        return cfg.packing, "asked for"
     attn = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
-    return "flash" in attn
+    if "flash" in attn:
+        return True, "default with FlashAttention's variable-length kernels"
+    return False, f"default with {attn or 'this'} attention: length-grouped padded batches are cheaper"
+
+
+def _capability() -> tuple[int, int] | None:
+    import torch
+
+    return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
 
 
 def _precision_flags(cfg: TrainConfig) -> dict[str, bool]:
@@ -147,6 +187,48 @@ def portable_checkpoints(end_ids: list[int]) -> Any:
     return PortableCheckpoints()
 
 
+def kit_trainer_class() -> Any:
+    """The Trainer with two changes, both about what a run reports being true:
+
+    - length grouping by the *real* token counts (:class:`LengthGroupedSampler`):
+      transformers' sampler measures ``len(item["input_ids"])``, and an item here holds a list
+      of examples, so it saw every item as length 1 and grouped nothing; it also shrinks its
+      megabatches to a single batch on data sets below a few thousand rows;
+    - a :class:`TokenMeter` fed with every batch actually trained on (real and computed
+      tokens), whose figures join each training log line (TensorBoard, console, log history).
+    """
+    from transformers import Trainer
+
+    class KitTrainer(Trainer):
+        def __init__(self, *args, meter: TokenMeter, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.meter = meter
+            self.train_started: float | None = None
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, SFTDataset):
+                return LengthGroupedSampler(dataset.lengths(), self.args.per_device_train_batch_size,
+                                            seed=self.args.seed)
+            return super()._get_train_sampler(train_dataset)
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            if self.train_started is None:
+                self.train_started = time.perf_counter()
+            self.meter.add(inputs)
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def log(self, logs, start_time=None, **kwargs):
+            if "loss" in logs and self.train_started is not None:  # a training log line: every rank is here
+                report = self.meter.report(time.perf_counter() - self.train_started, None)
+                logs.update({"tokens/real": report["real_tokens"], "tokens/computed": report["computed_tokens"],
+                             "tokens/padding_efficiency": report["padding_efficiency"],
+                             "tokens/real_per_s": report["real_tokens_per_s"]})
+            return super().log(logs, start_time, **kwargs)
+
+    return KitTrainer
+
+
 def _peak_memory_mb() -> float:
     import torch
 
@@ -164,7 +246,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
     """
     import torch
     from torch.utils.tensorboard import SummaryWriter
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
     from transformers.integrations import TensorBoardCallback
 
     local_rank, world = _rank_info()
@@ -185,7 +267,13 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
                         "--overwrite to start over, or another --run-name")
 
     model, tokenizer = build_model(cfg)
-    packing = resolve_packing(cfg, model)
+    packing, packing_why = resolve_packing(cfg, model)
+    if is_main:
+        attn = getattr(model.config, "_attn_implementation", "?")
+        _, attn_why = choose_attention(cfg.attn, str(next(model.parameters()).device), _capability(),
+                                       flash_attn_installed())
+        print(f"attention: {attn} ({attn_why}); packing: {'on' if packing else 'off'} ({packing_why})"
+              f"{'; liger-kernel on' if cfg.liger else ''}", file=sys.stderr)
     opts = RenderOptions(cfg.loss, cfg.system_prompt, cfg.no_system_prompt, cfg.max_len, cfg.too_long)
     tb_dirs = platform.tensorboard_dirs(out.parent, name)
     tb_dir = tb_dirs[0]
@@ -199,7 +287,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
         eval_steps=cfg.eval_steps, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
         gradient_checkpointing=cfg.gradient_checkpointing, remove_unused_columns=False,
         train_sampling_strategy="random" if packing else "group_by_length",
-        include_num_input_tokens_seen="all", ddp_find_unused_parameters=False,
+        include_num_input_tokens_seen="no", ddp_find_unused_parameters=False,  # it counts padding: TokenMeter
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, deepspeed=cfg.deepspeed,
         **_precision_flags(cfg))
 
@@ -228,21 +316,37 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
             cb = TensorBoardCallback(SummaryWriter(log_dir=str(d)))
             cb.logging_dir = str(d)  # the final evaluate() reopens a writer after train end: same folder
             callbacks.append(cb)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=SFTCollator(packing, tokenizer.pad_token_id),
-                      processing_class=tokenizer, callbacks=callbacks)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    meter = TokenMeter(params=int(estimate_params(base.config.to_dict())), layers=base.config.num_hidden_layers,
+                       hidden=base.config.hidden_size, frozen_base=cfg.finetune != "full")
+    trainer = kit_trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                  data_collator=SFTCollator(packing, tokenizer.pad_token_id),
+                                  processing_class=tokenizer, callbacks=callbacks, meter=meter)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.perf_counter() - started
+    peak = peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+    throughput = {**meter.report(elapsed, peak, world), "peak_tflops": peak / 1e12 if peak else None}
+    if is_main:
+        eff = throughput["padding_efficiency"]
+        print(f"trained on {throughput['real_tokens']} real tokens of {throughput['computed_tokens']} computed "
+              f"(padding efficiency {eff:.3f}), {throughput['real_tokens_per_s']:.1f} real tokens/s"
+              + (f", MFU {throughput['mfu']:.1%}" if throughput["mfu"] is not None else ""), file=sys.stderr)
     metrics = dict(result.metrics)
     if eval_ds is not None:
         metrics.update(trainer.evaluate())
+        metrics["eval_reply_loss"] = metrics.get("eval_loss")
+        if cfg.loss != "response":  # one metric every variant shares: loss on the reply tokens alone
+            reply = _reply_labels(evaluation, cfg, tokenizer, platform, is_main)
+            metrics["eval_reply_loss"] = trainer.evaluate(SFTDataset(evaluation.input_ids, reply, packing, cfg.max_len),
+                                                          metric_key_prefix="eval_reply")["eval_reply_loss"]
 
     summary = {"run_name": name, "output_dir": str(out), "tensorboard_dirs": [str(d) for d in tb_dirs], "world_size": world,
                "global_step": trainer.state.global_step, "resumed_from": resume_from, "packing": packing,
+               "attention": getattr(base.config, "_attn_implementation", None), "liger": cfg.liger,
                "train_loss": metrics.get("train_loss"), "eval_loss": metrics.get("eval_loss"),
-               "tokens_seen": int(trainer.state.num_input_tokens_seen),
-               "tokens_per_s": trainer.state.num_input_tokens_seen / elapsed if elapsed else None,
+               "eval_reply_loss": metrics.get("eval_reply_loss"),
+               **throughput,
                "peak_memory_mb": _peak_memory_mb(), "train_seconds": elapsed,
                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "total_params": sum(p.numel() for p in model.parameters()),

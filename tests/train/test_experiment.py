@@ -29,7 +29,13 @@ variants:
     rows = list(csv.DictReader(open(tmp_path / "exp" / "results.csv", encoding="utf-8")))
     assert [r["variant"] for r in rows] == ["full", "response"]
     assert [r["loss"] for r in rows] == ["full", "response"] and all(r["steps"] == "3" for r in rows)
-    assert all(float(r["eval_loss"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
+    assert all(float(r["eval_loss"]) > 0 and float(r["real_tokens_per_s"]) > 0 for r in rows)
+    # like with like: the full-loss variant's eval loss counts prompt tokens, so every variant is
+    # also scored on reply tokens alone
+    full, response = rows
+    assert float(response["eval_reply_loss"]) == float(response["eval_loss"])
+    assert float(full["eval_reply_loss"]) != float(full["eval_loss"])
+    assert all(0 < float(r["padding_efficiency"]) <= 1 for r in rows)
     md = (tmp_path / "exp" / "results.md").read_text()
     assert "| full |" in md and "loss_curves.png" in md
     # --bench in the sweep: each variant's final benchmark accuracy is a column and a chart

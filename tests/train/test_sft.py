@@ -111,11 +111,15 @@ def test_two_process_ddp_trains_and_writes_one_model(tiny_qwen_dir, data_file, t
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
            str(ROOT / "scripts" / "sft.py"), "--model", str(tiny_qwen_dir), "--data", str(data_file),
            "--output-dir", str(out), "--max-steps", "3", "--per-device-batch", "2", "--max-len", "128",
-           "--eval-share", "0", "--finetune", "lora", "--lora-r", "4"]
+           "--eval-share", "0", "--finetune", "lora", "--lora-r", "4", "--logging-steps", "1"]
     res = subprocess.run(cmd, capture_output=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr.decode()[-3000:]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_step"] == 3
+    # both ranks' batches are counted, in the log lines as in the summary
+    assert summary["real_tokens"] <= summary["computed_tokens"] and summary["computed_tokens"] > 0
+    logged = [h for h in summary["log_history"] if "tokens/real" in h]
+    assert [h["step"] for h in logged] == [1, 2, 3] and logged[-1]["tokens/real"] == summary["real_tokens"]
     assert (out / "adapter_model.safetensors").is_file()
     assert res.stderr.decode().count("saved to ") == 1  # only rank 0 saves
 
