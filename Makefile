@@ -24,7 +24,9 @@ TF4_STAMP := $(TF4_VENV)/.installed-tf4
 
 MODEL  ?= demo
 ARGS   ?=
-GPUS   ?= 1
+# GPUs on this machine (nvidia-smi's list; 0 without one): Kaggle's two T4s or a multi-GPU server
+# train with one process per GPU by default. GPUS=1 keeps one process.
+GPUS   ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
 CONFIG ?= configs/sft_qwen2.5_0.5b.yaml
 # Multi-node: set NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (same values on every node but NODE_RANK).
 NNODES      ?= 1

@@ -43,6 +43,21 @@ def _find_inside(root: Path | None, marker: str) -> Path | None:
     return hits[0] if hits else None
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def lora_command(recipe: str, overrides: dict[str, str], kit: Path, gpus: int) -> list[str] | None:
+    """The torchrun command for the lora job on ``gpus`` GPUs, or None for one process."""
+    if gpus < 2:
+        return None
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+            str(kit / "scripts" / "sft.py"), "--config", recipe, *flags]
+
+
 def run_job(config: dict[str, Any], kit: str) -> int:
     platform = KagglePlatform()
     working = platform.working
@@ -137,7 +152,14 @@ def _run(config: dict[str, Any], kit: Path, platform: KagglePlatform, working: P
                      "data": str(data) if data else str(kit / "data" / "sample_alpaca.json")}
         if config.get("load_in_4bit"):
             overrides["finetune"] = "qlora"
-        run_sft(load_config(TrainConfig, str(kit / "configs" / "lora_qwen2.5_1.5b.yaml"), overrides))
+        recipe = str(kit / "configs" / "lora_qwen2.5_1.5b.yaml")
         summary["outputs"].append(overrides["output_dir"])
+        command = lora_command(recipe, overrides, kit, _gpu_count())
+        if command:  # Kaggle's "GPU T4 x2": one process per GPU through torchrun
+            summary["launch"] = " ".join(command)
+            import subprocess
+
+            return subprocess.call(command)
+        run_sft(load_config(TrainConfig, recipe, overrides))
         return 0
     raise UserError(f"unknown job {job!r}")

@@ -257,3 +257,34 @@ def test_the_kernel_script_keeps_memory_in_the_working_folder(tmp_path, fake_tre
     assert res.returncode == 0, res.stderr.decode()[-2000:]
     history = (fake_tree / "working" / "chat_history.txt").read_text(encoding="utf-8")
     assert "Tromsø" in history and str(fake_tree / "working" / "chat_history.txt") in summary["outputs"]
+
+
+def test_the_lora_job_uses_both_t4s_through_torchrun(tmp_path):
+    from platforms.kaggle_job import lora_command
+
+    overrides = {"model": "Qwen/Qwen2.5-1.5B-Instruct", "output_dir": "/kaggle/working/runs/lora",
+                 "data": "/kaggle/input/d/train.json", "finetune": "qlora"}
+    cmd = lora_command("configs/lora_qwen2.5_1.5b.yaml", overrides, ROOT, gpus=2)
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert cmd[5].endswith("scripts/sft.py") and "--finetune=qlora" in cmd and "--data=/kaggle/input/d/train.json" in cmd
+    assert lora_command("configs/lora_qwen2.5_1.5b.yaml", overrides, ROOT, gpus=1) is None
+    # the flags are real sft.py flags: its parser accepts them
+    res = run_script("sft.py", *cmd[6:], "--help")
+    assert res.returncode == 0, res.stderr.decode()
+
+
+def test_make_sft_launches_one_process_per_visible_gpu(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    smi = fake / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: Tesla T4 (UUID: GPU-a)'\necho 'GPU 1: Tesla T4 (UUID: GPU-b)'\n")
+    smi.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES", "GPUS")}
+    run = lambda *a, path: subprocess.run(["make", "--no-print-directory", "-n", "sft", *a], cwd=ROOT, text=True,  # noqa: E731
+                                          capture_output=True, env={**env, "PATH": path}).stdout
+    two = run(path=f"{fake}:{env['PATH']}")
+    assert "torchrun" in two and "--nproc_per_node=2" in two
+    assert "torchrun" not in run("GPUS=1", path=f"{fake}:{env['PATH']}")
+    none = tmp_path / "nogpu"
+    none.mkdir()
+    assert "torchrun" not in run(path=f"{none}:/usr/bin:/bin")  # no nvidia-smi at all: one plain process
