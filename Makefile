@@ -57,7 +57,7 @@ LICENSE ?= apache-2.0
 KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo chat webui browser test test-fast test-latest lock upgrade tf4-venv portable check-model bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
+.PHONY: help venv demo chat webui browser doctor test test-fast test-latest lock upgrade tf4-venv portable check-model bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
 	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
 
 help: ## list targets and variables
@@ -200,6 +200,9 @@ browser: ## install Debian's chromium + chromium-driver for the web UI's browser
 
 test-fast: $(STAMP) $(TF4_STAMP) ## run the tests that do not need the demo model
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+doctor: $(STAMP) ## environment report + self-checks of training and chat on this hardware -> doctor_report.json
+	$(PY) scripts/doctor.py $(ARGS)
 
 bench: $(STAMP) ## chat decode speed vs bare generate (writes to stdout)
 	$(PY) bench/bench_chat.py $(ARGS)

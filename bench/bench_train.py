@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Training throughput on CPU: packed vs length-grouped padded batches, same model and data.
+"""Training throughput through the user's path: run_sft (what scripts/sft.py calls) with
+packed bins, length-grouped padded batches (the default) and random padded batches.
 
     python bench/bench_train.py --data ../shared/data/alpaca_en_demo.json --examples 256
 
-Both sides train the same freshly initialised Qwen2 (small, from Qwen2Config, with the demo
-model's tokenizer) on the same examples with the same optimizer, and go through every
-example once. Reported: real (non-padding) tokens per second, tokens computed per
-second, and the padding efficiency each layout achieved.
+Every layout trains the same freshly initialised small Qwen2 (saved once through the kit,
+with the demo model's tokenizer) on the same rows for one epoch, alternating layouts over
+--repeats rounds. The figures are what each run reports in run_summary.json: real tokens/s
+(no padding), tokens computed/s and padding efficiency counted from the batches it trained on.
 """
 
 from __future__ import annotations
@@ -17,83 +18,80 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+LAYOUTS = {"random": dict(packing=False, group_by_length=False), "grouped": dict(packing=False),
+           "packed": dict(packing=True)}
+
+
+def small_model(folder: Path, hidden: int, layers: int) -> Path:
+    """A random Qwen2 of Qwen2.5's shape family (64-wide heads, RoPE 1e6) with the demo tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from qwen_kit.model.portable import save_model
+    from qwen_kit.model.resolve import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("demo").path)
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+                      num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 256), rope_theta=1e6,
+                      max_position_embeddings=4096, tie_word_embeddings=True,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return save_model(Qwen2ForCausalLM(cfg), folder, tok)
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
+    ap.add_argument("--model", help="model to train (default: a fresh small Qwen2, see --hidden/--layers)")
     ap.add_argument("--examples", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=8, help="examples per unpacked micro-batch")
+    ap.add_argument("--batch", type=int, default=8, help="--per-device-batch")
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     args = ap.parse_args()
 
-    import numpy as np
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from qwen_kit.train.config import TrainConfig
+    from qwen_kit.train.sft import run_sft
 
-    from qwen_kit.data.pack import SFTCollator, SFTDataset
-    from qwen_kit.data.prepare import prepare_data
-    from qwen_kit.data.render import RenderOptions
-    from qwen_kit.model.resolve import resolve_model
-
-    tok = AutoTokenizer.from_pretrained(resolve_model("demo").path)
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    os.environ.setdefault("QWEN_KIT_CACHE", str(work / "cache"))
+    model = args.model or str(small_model(work / "model", args.hidden, args.layers))
     rows = json.loads(Path(args.data).read_text(encoding="utf-8"))[: args.examples]
-    path = Path(tempfile.mkdtemp()) / "rows.json"
-    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    data = prepare_data(str(path), tok, RenderOptions(max_len=args.max_len), progress=False)
-    real_tokens = int(data.lengths().sum())
-    # Packed bins hold about as many tokens as an unpacked batch does on average.
-    bin_len = max(args.max_len, int(data.lengths().mean() * args.batch))
+    data = work / "rows.json"
+    data.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
 
-    def run(layout: str) -> tuple[float, float, float]:
-        packed = layout == "packed"
-        torch.manual_seed(0)
-        cfg = Qwen2Config(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.hidden * 4,
-                          num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=2,
-                          max_position_embeddings=4096, use_cache=False)
-        model = Qwen2ForCausalLM(cfg).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        ds = SFTDataset(data.input_ids, data.labels, packed, bin_len)
-        collate = SFTCollator(packed, tok.pad_token_id or 0)
-        if packed:
-            batches = [collate([ds[i]]) for i in range(len(ds))]
-        else:  # grouped: sorted by length (what group_by_length approximates); random: shuffled
-            order = np.argsort(ds.lengths()) if layout == "grouped" else np.random.default_rng(0).permutation(len(ds))
-            batches = [collate([ds[int(i)] for i in order[lo: lo + args.batch]]) for lo in range(0, len(order), args.batch)]
-        computed = sum(b["input_ids"].numel() for b in batches)
-        t0 = time.perf_counter()
-        for b in batches:
-            loss = model(**b).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        return real_tokens / dt, computed / dt, real_tokens / computed
-
-    layouts = ["packed", "grouped", "random"]
-    results = {k: [] for k in layouts}
+    results: dict[str, list[dict]] = {k: [] for k in args.layouts}
     for i in range(args.repeats):
-        for layout in (layouts if i % 2 == 0 else layouts[::-1]):
-            results[layout].append(run(layout))
-    print(f"{len(data)} examples, {real_tokens} real tokens, Qwen2 hidden {args.hidden} x {args.layers} layers, "
-          f"vocab {len(tok)}, fp32 on {os.cpu_count()} CPU cores, {args.repeats} alternating runs (medians)")
-    print("| layout | real tokens/s | tokens computed/s | padding efficiency |\n| --- | --- | --- | --- |")
+        for layout in (args.layouts if i % 2 == 0 else args.layouts[::-1]):
+            cfg = TrainConfig(model=model, data=str(data), output_dir=str(work / f"{layout}-{i}"), epochs=1,
+                              per_device_batch=args.batch, max_len=args.max_len, learning_rate=1e-4, eval_share=0.0,
+                              save_steps=100000, logging_steps=1000, warmup_ratio=0.0, loss="full", seed=0,
+                              **LAYOUTS[layout])
+            results[layout].append(run_sft(cfg))
+
+    first = next(iter(results.values()))[0]
+    print(f"\n{len(rows)} rows, {first['real_tokens']} real tokens; model {model if args.model else f'Qwen2 hidden {args.hidden} x {args.layers} layers (random)'}, "
+          f"fp32 on {os.cpu_count()} CPU cores; run_sft, one epoch, batch {args.batch}, max_len {args.max_len}; "
+          f"medians of {args.repeats} alternating runs")
+    print("| layout | real tokens/s | tokens computed/s | padding efficiency | final train loss |\n| --- | --- | --- | --- | --- |")
     med = {}
-    names = {"random": f"random padded batches of {args.batch}", "grouped": f"length-grouped padded batches of {args.batch}",
-             "packed": f"packed bins of {bin_len} tokens"}
-    for layout in ("random", "grouped", "packed"):
-        r = [statistics.median(x[k] for x in results[layout]) for k in range(3)]
-        med[layout] = r[0]
-        print(f"| {names[layout]} | {r[0]:.0f} | {r[1]:.0f} | {r[2]:.2f} |")
-    print(f"packed / random real tokens/s: {med['packed'] / med['random']:.2f}; "
-          f"packed / length-grouped: {med['packed'] / med['grouped']:.2f}")
+    for layout in args.layouts:
+        rs = results[layout]
+        real = statistics.median(r["real_tokens_per_s"] for r in rs)
+        med[layout] = real
+        print(f"| {layout} | {real:.0f} | {statistics.median(r['computed_tokens_per_s'] for r in rs):.0f} | "
+              f"{statistics.median(r['padding_efficiency'] for r in rs):.3f} | "
+              f"{statistics.median(r['train_loss'] for r in rs):.4f} |")
+    if "grouped" in med and "random" in med:
+        print(f"length-grouped / random real tokens/s: {med['grouped'] / med['random']:.2f}")
+    if "packed" in med and "grouped" in med:
+        print(f"packed / length-grouped real tokens/s: {med['packed'] / med['grouped']:.2f}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ class TrainConfig:
     max_bad_share: float = _opt(0.05, "refuse to start when more than this share of rows is bad")
     packing: bool | None = _opt(None, "padding-free packing; default: on with FlashAttention kernels (varlen), "
                                       "else length-grouped padded batches (cheaper with SDPA/eager attention)")
+    group_by_length: bool = _opt(True, "unpacked batches of similar length (less padding); off: random batches")
     per_device_batch: int = _opt(8, "micro-batch per device (examples; packed: bins of --max-len tokens)")
     grad_accum: int = _opt(1, "gradient accumulation steps")
     learning_rate: float = _opt(2e-5, "peak learning rate")

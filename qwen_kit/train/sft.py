@@ -286,7 +286,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
         save_total_limit=cfg.save_total_limit, eval_strategy="steps" if cfg.eval_share > 0 else "no",
         eval_steps=cfg.eval_steps, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
         gradient_checkpointing=cfg.gradient_checkpointing, remove_unused_columns=False,
-        train_sampling_strategy="random" if packing else "group_by_length",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not packing else "random",
         include_num_input_tokens_seen="no", ddp_find_unused_parameters=False,  # it counts padding: TokenMeter
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, deepspeed=cfg.deepspeed,
         **_precision_flags(cfg))
@@ -300,7 +300,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
     if is_main:
         stats = data.stats
         print(f"data: {stats.get('kept', len(data))} rows ({'from cache' if stats.get('cached') else 'tokenized'}), "
-              f"{len(train_ds)} training items{' (packed)' if packing else ' (length-grouped)'}, "
+              f"{len(train_ds)} training items{' (packed)' if packing else (' (length-grouped)' if cfg.group_by_length else ' (random batches)')}, "
               f"{len(eval_ds) if eval_ds else 0} eval items; {world} process(es)", file=sys.stderr)
 
     callbacks = list(extra_callbacks or [])
