@@ -57,6 +57,8 @@ LICENSE ?= apache-2.0
 KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)) $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
 
 .DEFAULT_GOAL := help
+
+.PHONY: trl-venv bench-trl
 .PHONY: help venv demo chat webui browser doctor test test-fast test-latest lock upgrade tf4-venv portable check-model bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
 	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
 
@@ -113,6 +115,22 @@ $(TF4_STAMP): $(TF4_LOCK)
 	$(call constraints,$(TF4_LOCK),$(TF4_VENV))
 	$(TF4_VENV)/bin/pip install -q -c $(TF4_VENV)/constraints.txt "$(TORCH)" "transformers>=4.57,<5"
 	touch $@
+
+# TRL for bench/bench_vs_trl.py only: a venv that sees .venv's packages (a .pth line) and adds trl,
+# so both sides of the bench run on the very same torch and transformers
+TRL_VENV  ?= .venv-trl
+TRL_STAMP := $(TRL_VENV)/.installed-trl
+$(TRL_STAMP): $(STAMP) requirements/lock-trl.txt
+	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$($(TRL_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/qwen_kit_main_venv.pth"
+	$(TRL_VENV)/bin/pip install -q --no-deps -r requirements/lock-trl.txt
+	touch $@
+
+trl-venv: $(TRL_STAMP) ## create .venv-trl (TRL over .venv's packages) for bench/bench_vs_trl.py
+
+bench-trl: $(TRL_STAMP) ## the kit against TRL's SFTTrainer, same rows/model/batch (ARGS="--data ../shared/data/alpaca_en_demo.json")
+	$(TRL_VENV)/bin/python bench/bench_vs_trl.py $(ARGS)
 
 tf4-venv: $(TF4_STAMP) ## create .venv-tf4 (transformers 4.57): the second reader for check-model and the tests
 
