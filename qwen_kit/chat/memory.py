@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ from typing import Any, Iterator, Sequence
 
 from qwen_kit.chat.prompt import Round, count_tokens
 from qwen_kit.errors import UserError
+from qwen_kit.privacy import FILE_MODE, make_private, open_private, private_dir
 
 FIELDS = ("id", "time", "session", "user", "user_text", "reply")
 DEFAULT_FILE = "chat_history.txt"
@@ -59,7 +61,7 @@ def _locked(path: Path) -> Iterator[None]:
     """An exclusive lock on ``PATH.lock`` (a separate file: the data file itself is replaced by
     ``forget``, and a lock on a replaced file would protect nothing)."""
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         try:
             import fcntl
@@ -109,10 +111,10 @@ class MemoryFile:
     def append(self, records: Sequence[MemoryRecord]) -> None:
         if not records:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         data = "".join(r.line() for r in records).encode("utf-8")
         with _locked(self.path):
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 size = os.fstat(fd).st_size
                 if size:
@@ -145,6 +147,7 @@ class MemoryFile:
                     kept.append(line if line.endswith(b"\n") else line + b"\n")
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
             try:
+                os.chmod(tmp, stat.S_IMODE(os.stat(self.path).st_mode))  # the file keeps its mode
                 with os.fdopen(fd, "wb") as f:
                     f.write(b"".join(kept))
                     f.flush()
@@ -216,9 +219,13 @@ class LongTermMemory:
             self.retriever.file_hashes[r.id] = r.time
 
     def save_index(self) -> None:
-        """Write the index cache (losing it costs only re-embedding at the next start)."""
+        """Write the index cache (losing it costs only re-embedding at the next start). It
+        holds the conversations' text: private like the memory file."""
         with contextlib.suppress(OSError):
+            private_dir(self.index_dir)
             self.retriever.save(self.index_dir)
+            for f in self.index_dir.iterdir():
+                make_private(f)
 
     # -- engine hooks -----------------------------------------------------------------------
     def remember(self, rounds: Sequence[Round], vectors: Any = None) -> list[MemoryRecord]:

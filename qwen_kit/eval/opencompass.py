@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import urllib.request
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -31,8 +29,12 @@ NEEDS = {
     "ARC_c_clean_ppl": ["ARC/ARC-c/ARC-Challenge-Test.jsonl", "ARC/ARC-c/ARC_c_test_contamination_annotations.json"],
     "SuperGLUE_BoolQ_few_shot_ppl": ["SuperGLUE/BoolQ/val.jsonl"],
 }
-OSS = "http://opencompass.oss-cn-shanghai.aliyuncs.com/datasets/data"
-DOWNLOADS = [  # (url, what it holds) — the addresses OpenCompass 0.5.4 itself downloads from
+OSS = "https://opencompass.oss-cn-shanghai.aliyuncs.com/datasets/data"
+# sha256 of each file, checked after download. None: not yet recorded in the kit (this project's
+# machines cannot reach these hosts); the first download then records its hash in
+# data/checksums.json beside the data, and every later use is checked against that.
+SHA256: dict[str, str | None] = {}
+DOWNLOADS = [  # (url, what it holds) — the addresses OpenCompass 0.5.4 itself downloads from (over HTTPS)
     (f"{OSS}/mmlu.zip", "mmlu/"),
     (f"{OSS}/hellaswag.zip", "hellaswag/"),
     (f"{OSS}/ARC.zip", "ARC/"),
@@ -149,28 +151,47 @@ def check_readable_by_opencompass(folder: Path, venv: Path = VENV) -> None:
                             f"Try: {fix}, then scripts/check_model.py {folder}")
 
 
+def _checked(url: str, dest: Path, ledger: Path) -> Path:
+    """Download with the kit's checksum, or the one this machine recorded the first time."""
+    import json
+
+    from qwen_kit.fetch import download, sha256_of
+
+    known = json.loads(ledger.read_text(encoding="utf-8")) if ledger.is_file() else {}
+    expected = SHA256.get(url) or known.get(url)
+    path = download(url, dest, sha256=expected)
+    if expected is None:
+        known[url] = sha256_of(path)
+        ledger.write_text(json.dumps(known, indent=1, sort_keys=True), encoding="utf-8")
+        print(f"qwen_kit: no checksum for {url} in the kit yet; recorded sha256 {known[url]} in {ledger} "
+              "(later runs are checked against it)", file=sys.stderr)
+    return path
+
+
 def fetch_data(dest: str | Path, dry_run: bool = False) -> Path:
     """Download and unpack the six datasets and the contamination annotations into ``dest/data``
-    (run once on a machine with internet; then copy ``dest`` to offline machines)."""
+    (run once on a machine with internet; then copy ``dest`` to offline machines). HTTPS,
+    resumable, checksummed; archives are unpacked only if no member escapes ``dest/data``."""
+    from qwen_kit.fetch import safe_extract
+
     data = Path(dest).expanduser() / "data"
     data.mkdir(parents=True, exist_ok=True)
+    ledger = data / "checksums.json"
     for url, what in DOWNLOADS:
         print(f"{url} -> {data} ({what})", file=sys.stderr)
         if dry_run:
             continue
-        archive = data / Path(url).name
-        if not archive.exists():
-            urllib.request.urlretrieve(url, archive)
-        with zipfile.ZipFile(archive) as z:
-            members = [m for m in z.namelist() if "winogrande" in m] if "core" in archive.name else z.namelist()
-            for m in members:
-                target = m.split("data/", 1)[1] if m.startswith("data/") else m
-                if target and not m.endswith("/"):
-                    (data / target).parent.mkdir(parents=True, exist_ok=True)
-                    (data / target).write_bytes(z.read(m))
+        archive = _checked(url, data / Path(url).name, ledger)
+        core = "core" in archive.name
+
+        def keep(member: str, core: bool = core) -> str | None:
+            if core and "winogrande" not in member:
+                return None
+            return member.split("data/", 1)[1] if member.startswith("data/") else member
+
+        safe_extract(archive, data, keep)
     for url, target in ANNOTATIONS:
         print(f"{url} -> {data / target}", file=sys.stderr)
-        if not dry_run and not (data / target).exists():
-            (data / target).parent.mkdir(parents=True, exist_ok=True)
-            urllib.request.urlretrieve(url, data / target)
+        if not dry_run:
+            _checked(url, data / target, ledger)
     return data

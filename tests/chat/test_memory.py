@@ -205,3 +205,35 @@ def _round(user, reply):
 @pytest.fixture(autouse=True)
 def _no_stray_platform(monkeypatch):
     monkeypatch.delenv("QWEN_KIT_PLATFORM", raising=False)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX; on Windows the user's profile folder is private")
+def test_memory_files_are_private_and_an_existing_shared_file_keeps_its_mode_with_a_warning(tiny, embedder, tmp_path,
+                                                                                          capsys):
+    import stat
+
+    folder = tmp_path / "new" / "memories"  # the kit creates both levels
+    path = folder / "chat_history.txt"
+    memory = LongTermMemory(path, embedder, tiny.tokenizer, user="alice", max_tokens=60)
+    engine = _engine(tiny, memory, max_context=200)
+    for i, text in enumerate(FILLERS[:8]):
+        engine.add_round(text, f"Reply number {i}.")
+    memory.save_index()
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert path.exists() and mode(path) == 0o600 and mode(path.with_name(path.name + ".lock")) == 0o600
+    assert mode(folder) == 0o700 and mode(tmp_path / "new") == 0o700
+    index_files = list(memory.index_dir.iterdir())
+    assert index_files and all(mode(f) == 0o600 for f in index_files) and mode(memory.index_dir) == 0o700
+    record = next(iter(memory.records))
+    MemoryFile(path).remove({record})  # forget rewrites the file: still private
+    assert mode(path) == 0o600
+
+    shared = tmp_path / "shared.txt"
+    shared.write_text("")
+    os.chmod(shared, 0o644)
+    capsys.readouterr()
+    MemoryFile(shared).append([MemoryRecord("r1", "2026-01-01 00:00:00", "s", "bob", "hi", "hello")])
+    err = capsys.readouterr().err
+    assert mode(shared) == 0o644 and "readable by other users" in err and f"chmod 600 {shared}" in err
+    MemoryFile(shared).remove({"r1"})
+    assert mode(shared) == 0o644  # forget keeps the mode the user chose
