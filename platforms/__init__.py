@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 
+# The import name "platforms" is generic, and another distribution could install a package of
+# that name; qwen_kit's entry points check this marker and name the conflict (qwen_kit.entry).
+QWEN_KIT_ADAPTERS = True
+
 from platforms.autodl import AutoDLPlatform
 from platforms.base import Platform
 from platforms.kaggle import KagglePlatform

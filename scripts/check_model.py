@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from qwen_kit.errors import run_cli  # noqa: E402
+from qwen_kit.entry import run_cli  # noqa: E402
 
 
 def main() -> None:

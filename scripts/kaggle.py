@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from qwen_kit.errors import run_cli  # noqa: E402
+from qwen_kit.entry import run_cli  # noqa: E402
 
 
 def main() -> None:
@@ -60,7 +60,7 @@ def main() -> None:
     def job() -> None:
         from pathlib import Path
 
-        from platforms import kaggle_publish as kp
+        from qwen_kit.kaggle import publish as kp
         from qwen_kit.errors import UserError
 
         folder = Path("output") / "kaggle" / a.kernel.replace("/", "_") if hasattr(a, "kernel") else None

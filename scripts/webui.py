@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from qwen_kit.chat.cli import ChatConfig  # noqa: E402
 from qwen_kit.chat.options import (add_generation_options, add_model_options,  # noqa: E402
                                    add_persona_memory_options, add_retrieval_options)
-from qwen_kit.errors import run_cli  # noqa: E402
+from qwen_kit.entry import run_cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None):

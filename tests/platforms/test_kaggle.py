@@ -204,7 +204,7 @@ def _validate(cmd: list[str], tmp_path: Path) -> str:
 
 
 def test_the_real_kaggle_cli_accepts_the_metadata(tmp_path):
-    from platforms.kaggle_publish import KernelSpec, build_kernel, write_dataset_metadata
+    from qwen_kit.kaggle.publish import KernelSpec, build_kernel, write_dataset_metadata
 
     kaggle = str(_real_kaggle())
     docs = tmp_path / "docs"
@@ -223,7 +223,7 @@ def test_the_real_kaggle_cli_accepts_the_metadata(tmp_path):
 
 
 def _run_kernel(tmp_path, fake_tree, job, **spec):
-    from platforms.kaggle_publish import KernelSpec, build_kernel
+    from qwen_kit.kaggle.publish import KernelSpec, build_kernel
 
     folder = build_kernel(KernelSpec(f"alice/qwen-kit-{job}", job, "demo", max_new_tokens=12, **spec),
                           tmp_path / f"kernel-{job}")
@@ -260,7 +260,7 @@ def test_the_kernel_script_keeps_memory_in_the_working_folder(tmp_path, fake_tre
 
 
 def test_the_lora_job_uses_both_t4s_through_torchrun(tmp_path):
-    from platforms.kaggle_job import lora_command
+    from qwen_kit.kaggle.job import lora_command
 
     overrides = {"model": "Qwen/Qwen2.5-1.5B-Instruct", "output_dir": "/kaggle/working/runs/lora",
                  "data": "/kaggle/input/d/train.json", "finetune": "qlora"}

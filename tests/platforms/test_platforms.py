@@ -26,3 +26,31 @@ def test_a_forced_unknown_platform_names_the_known_ones(monkeypatch):
     with pytest.raises(ValueError, match="known platforms: autodl, kaggle, local"):
         current_platform()
     assert get_platform("local").name == "local"
+
+
+def test_adapters_import_nothing_from_the_library_and_errors_import_nothing():
+    import ast
+
+    from tests.conftest import ROOT
+
+    for path in sorted((ROOT / "platforms").glob("*.py")) + [ROOT / "qwen_kit" / "errors.py"]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.split(".")[0] == "qwen_kit"], path
+        if path.name == "errors.py":
+            assert [m for m in imported if m != "__future__"] == [], imported
+
+
+def test_another_package_named_platforms_is_named_not_used(tmp_path):
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "platforms"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("def current_platform():\n    raise SystemExit('wrong platforms used')\n")
+    # as after `pip install` of a distribution that also ships a top-level "platforms"
+    code = f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); from qwen_kit.entry import run_cli; run_cli(lambda: 0)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=tmp_path)
+    err = res.stderr.decode()
+    assert res.returncode == 2 and "is not qwen_kit's adapters" in err and str(fake) in err, err

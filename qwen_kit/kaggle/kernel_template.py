@@ -1,4 +1,4 @@
-"""A qwen_kit job for Kaggle, written by `make kaggle-push` (platforms/kaggle_publish.py).
+"""A qwen_kit job for Kaggle, written by `make kaggle-push` (qwen_kit/kaggle/publish.py).
 
 It runs unattended: unpacks the kit it carries, installs what the Kaggle image lacks, finds its
 inputs under /kaggle/input, runs the job and writes everything to /kaggle/working (see
@@ -24,7 +24,9 @@ NEEDS = [("peft", "peft"), ("accelerate", "accelerate"), ("bitsandbytes", "bitsa
 
 
 def unpack_kit() -> str:
-    target = os.path.join(tempfile.gettempdir(), "qwen_kit_src")
+    # a fresh folder of its own: a fixed name could hold a stale or planted copy that would
+    # then come first on sys.path
+    target = tempfile.mkdtemp(prefix="qwen_kit_src_")
     with zipfile.ZipFile(io.BytesIO(base64.b64decode(KIT))) as z:
         z.extractall(target)
     sys.path.insert(0, target)
@@ -41,6 +43,6 @@ def install_missing() -> None:
 if __name__ == "__main__":
     kit = unpack_kit()
     install_missing()
-    from platforms.kaggle_job import run_job
+    from qwen_kit.kaggle.job import run_job
 
     sys.exit(run_job(CONFIG, kit))

@@ -1,4 +1,4 @@
-"""What a pushed Kaggle kernel runs (see kaggle_kernel_template.py): find the inputs under
+"""What a pushed Kaggle kernel runs (see kernel_template.py): find the inputs under
 /kaggle/input, run one job of the kit unattended, write the results to /kaggle/working.
 
 Jobs: chat, rag, memory and persona replay a scripted conversation through the same chat as

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from qwen_kit.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
-TEMPLATE = Path(__file__).with_name("kaggle_kernel_template.py")
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = Path(__file__).with_name("kernel_template.py")
 JOBS = ("chat", "rag", "memory", "persona", "eval", "lora")
 # Licence names the Kaggle dataset API accepts (dataset-metadata.json "licenses").
 LICENSES = ("CC0-1.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC-BY-NC-SA-4.0", "GPL-2.0", "LGPL-3.0", "AGPL-3.0",
