@@ -87,10 +87,10 @@ demo: $(STAMP) ## chat with the offline demo model over the sample knowledge bas
 chat: $(STAMP) ## chat with MODEL (folder, hub id or demo)
 	$(PY) scripts/chat.py --model $(MODEL) $(ARGS)
 
-webui: $(STAMP) ## browser chat over MODEL, offering KB and PERSONAS (HOST= PORT= AUTH=user:pass ADAPTER=)
+webui: $(STAMP) ## browser chat over MODEL, offering KB and PERSONAS (HOST= PORT= AUTH_FILE=logins.txt ADAPTER=)
 	$(PY) scripts/webui.py --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) $(foreach k,$(KB),--kb $(k)) \
 		$(foreach p,$(PERSONAS),--personas $(p)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) \
-		$(if $(AUTH),--auth $(AUTH)) $(ARGS)
+		$(if $(AUTH_FILE),--auth-file $(AUTH_FILE)) $(if $(AUTH),--auth $(AUTH)) $(ARGS)
 
 sft: $(STAMP) ## fine-tune with CONFIG on GPUS devices (ARGS adds flags, e.g. ARGS="--resume latest")
 	$(LAUNCH) scripts/sft.py --config $(CONFIG) $(ARGS)

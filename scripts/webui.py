@@ -3,8 +3,8 @@
 long-term memory and sampling settings on the page. Needs the [webui] extra (Gradio).
 
     python scripts/webui.py --model demo --kb data/knowledge --personas data/personas
-    python scripts/webui.py --host 0.0.0.0 --port 6006 --auth me:secret      # AutoDL custom service
-    python scripts/webui.py --share --auth me:secret                          # Kaggle notebook
+    python scripts/webui.py --host 0.0.0.0 --port 6006 --auth-file ~/.webui_logins   # AutoDL custom service
+    QWEN_KIT_WEBUI_AUTH=me:secret python scripts/webui.py --share                  # Kaggle notebook
 """
 
 from __future__ import annotations
@@ -38,10 +38,13 @@ def parse_args(argv: list[str] | None = None):
     s.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 on AutoDL)")
     s.add_argument("--port", type=int, help="port (default 7860; 6006 on AutoDL)")
     s.add_argument("--share", action="store_true", help="a public gradio.live link (Kaggle notebooks)")
-    s.add_argument("--auth", metavar="USER:PASSWORD", help="require this login (needed beyond localhost)")
+    s.add_argument("--auth-file", metavar="FILE", help="logins, one USER:PASSWORD per line (needed beyond "
+                   "localhost); or set QWEN_KIT_WEBUI_AUTH=USER:PASSWORD")
+    s.add_argument("--auth", metavar="USER:PASSWORD", help="a login on the command line (works, with a warning: "
+                   "others can read argv)")
     s.add_argument("--no-auth", action="store_true", help="serve beyond localhost without a login")
     a = vars(p.parse_args(argv))
-    web = {name: a.pop(name) for name in ("kb", "personas", "memory", "host", "port", "share", "auth", "no_auth")}
+    web = {name: a.pop(name) for name in ("kb", "personas", "memory", "host", "port", "share", "auth", "auth_file", "no_auth")}
     web["knowledge"] = web.pop("kb")
     return WebConfig(chat=ChatConfig(**a), **web)
 

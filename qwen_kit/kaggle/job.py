@@ -43,6 +43,29 @@ def _find_inside(root: Path | None, marker: str) -> Path | None:
     return hits[0] if hits else None
 
 
+SECRET_VARS = ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "QWEN_KIT_WEBUI_AUTH",
+               "QWEN_KIT_API_KEYS", "OPENAI_API_KEY", "MODELSCOPE_API_TOKEN")
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret this process holds (the variables above, each comma-separated
+    part and each password of a USER:PASSWORD) and any credentials in a URL replaced by ***."""
+    import os
+    import re
+
+    secrets = set()
+    for name in SECRET_VARS:
+        for part in (os.environ.get(name) or "").split(","):
+            part = part.strip()
+            if part:
+                secrets.add(part)
+                if ":" in part:
+                    secrets.add(part.split(":", 1)[1])
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return re.sub(r"(?<=://)[^/\s:@]+:[^/\s@]+@", "***@", text)
+
+
 def _gpu_count() -> int:
     import torch
 
@@ -69,12 +92,13 @@ def run_job(config: dict[str, Any], kit: str) -> int:
         code = _run(config, Path(kit), platform, working, summary)
         summary["status"] = "ok" if code == 0 else f"exit code {code}"
     except BaseException as err:  # noqa: BLE001 - the summary must say what happened
-        summary["status"] = f"failed: {type(err).__name__}: {err}"
-        traceback.print_exc()
+        summary["status"] = redact(f"failed: {type(err).__name__}: {err}")
+        print(redact(traceback.format_exc()), file=sys.stderr)  # the kernel's log is published with it
         code = 2 if type(err).__name__ == "UserError" else 1
     summary["seconds"] = round(time.time() - started, 1)
-    (working / "qwen_kit_job.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
-    print(json.dumps(summary, ensure_ascii=False))
+    report = redact(json.dumps(summary, ensure_ascii=False, indent=1))
+    (working / "qwen_kit_job.json").write_text(report, encoding="utf-8")
+    print(report)
     return code
 
 

@@ -249,7 +249,7 @@ def run_webui(cfg: WebConfig) -> int:
         service.close_all()
         raise UserError(f"cannot listen on {address.host}:{address.port}; choose another --port "
                         f"or stop what uses it ({str(err).splitlines()[0]})") from None
-    login = "  (log in with the --auth user)" if address.auth else ""
+    login = f"  ({len(address.auth)} login(s) required)" if address.auth else ""
     print(f"qwen_kit web UI: {local_url}{login}", file=sys.stderr, flush=True)
     if address.host in ("0.0.0.0", "::"):
         print(f"  listening on every interface, port {address.port}", file=sys.stderr, flush=True)

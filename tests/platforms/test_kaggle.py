@@ -288,3 +288,20 @@ def test_make_sft_launches_one_process_per_visible_gpu(tmp_path):
     none = tmp_path / "nogpu"
     none.mkdir()
     assert "torchrun" not in run(path=f"{none}:/usr/bin:/bin")  # no nvidia-smi at all: one plain process
+
+
+def test_a_failed_jobs_report_and_log_carry_no_secret(tmp_path, fake_tree, monkeypatch, capsys):
+    from qwen_kit.kaggle.job import redact, run_job
+
+    monkeypatch.setenv("QWEN_KIT_KAGGLE_ROOT", str(fake_tree))
+    monkeypatch.setenv("KAGGLE_KEY", "k3y-" + "9" * 28)
+    monkeypatch.setenv("QWEN_KIT_WEBUI_AUTH", "ann:hunter2-long")
+    secret = "k3y-" + "9" * 28
+    # an error whose text holds both secrets, as a library message quoting a URL or a config might
+    code = run_job({"job": f"https://ann:hunter2-long@example.invalid/{secret}", "model": "m"}, str(tmp_path))
+    report = (fake_tree / "working" / "qwen_kit_job.json").read_text()
+    out = capsys.readouterr()
+    assert code == 2 and "unknown job" in report
+    for text in (report, out.out, out.err):
+        assert secret not in text and "hunter2-long" not in text
+    assert redact("see https://u:p4ss@host/x") == "see https://***@host/x"

@@ -78,8 +78,11 @@ def server(tiny_qwen_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("webui")
     memory_file = folder / "chat_history.txt"
     memory_file.write_text("".join(json.dumps(r) + "\n" for r in SEEDED), encoding="utf-8")
+    logins = folder / "logins.txt"  # the login from a file, as the docs advise (argv is readable by others)
+    logins.write_text(f"{USER}:{PASSWORD}\n", encoding="utf-8")
+    logins.chmod(0o600)
     proc, url = start_server(["--model", str(tiny_qwen_dir), "--kb", "data/knowledge", "--personas", "data/personas",
-                              "--memory-file", str(memory_file), "--auth", f"{USER}:{PASSWORD}",
+                              "--memory-file", str(memory_file), "--auth-file", str(logins),
                               "--seed", "7", "--max-new-tokens", "120", "--max-context", "1024"],
                              folder / "server.log")
     yield {"url": url, "memory_file": memory_file, "proc": proc, "log": folder / "server.log"}

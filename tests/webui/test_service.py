@@ -17,8 +17,8 @@ from qwen_kit.webui.service import WebChatService, WebConfig, server_address
 
 @pytest.mark.parametrize("kwargs, expected", [
     ({}, ("127.0.0.1", 7860, None)),
-    ({"auth": "ann:pw"}, ("127.0.0.1", 7860, ("ann", "pw"))),
-    ({"host": "0.0.0.0", "auth": "ann:p:w"}, ("0.0.0.0", 7860, ("ann", "p:w"))),
+    ({"auth": "ann:pw"}, ("127.0.0.1", 7860, [("ann", "pw")])),
+    ({"host": "0.0.0.0", "auth": "ann:p:w"}, ("0.0.0.0", 7860, [("ann", "p:w")])),
     ({"host": "0.0.0.0", "no_auth": True}, ("0.0.0.0", 7860, None)),
     ({"host": "::1", "port": 8000}, ("::1", 8000, None)),
 ])
@@ -28,7 +28,7 @@ def test_address_and_login(kwargs, expected):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"host": "0.0.0.0"}, "--auth USER:PASSWORD"),
+    ({"host": "0.0.0.0"}, "--auth-file FILE"),
     ({"share": True}, "public --share link"),
     ({"auth": "nopassword"}, "USER:PASSWORD"),
     ({"auth": ":pw"}, "USER:PASSWORD"),
@@ -148,7 +148,7 @@ def test_reset_keeps_rounds_in_memory_and_export_writes_json(service, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--host", "0.0.0.0"], "add --auth USER:PASSWORD"),
+    (["--host", "0.0.0.0"], "add --auth-file FILE"),
     (["--kb", "no/such/folder"], "no/such/folder: no such file or folder"),
     (["--auth", "justaname"], "--auth must look like USER:PASSWORD"),
 ])
@@ -165,10 +165,36 @@ def test_make_webui_passes_its_variables():
     from tests.conftest import make_dry_run
 
     line = next(ln for ln in make_dry_run("webui", "MODEL=Qwen/Qwen2.5-1.5B-Instruct", "ADAPTER=out/final",
-                                          "KB=docs_a docs_b", "AUTH=me:pw", "PORT=6006").splitlines()
+                                          "KB=docs_a docs_b", "AUTH_FILE=logins.txt", "PORT=6006").splitlines()
                 if "scripts/webui.py" in ln)
     assert ("scripts/webui.py --model Qwen/Qwen2.5-1.5B-Instruct --adapter out/final --kb docs_a --kb docs_b "
-            "--personas data/personas --port 6006 --auth me:pw") in " ".join(line.split())
+            "--personas data/personas --port 6006 --auth-file logins.txt") in " ".join(line.split())
+
+
+def test_logins_come_from_a_file_or_the_environment_and_argv_warns(tmp_path, monkeypatch, capsys):
+    import os
+
+    logins = tmp_path / "logins.txt"
+    logins.write_text("# who may log in\nann:pw one\n\nbob:s:e:c\n", encoding="utf-8")
+    os.chmod(logins, 0o600)
+    local = get_platform("local")
+    assert server_address(WebConfig(host="0.0.0.0", auth_file=str(logins)), local).auth == [("ann", "pw one"),
+                                                                                             ("bob", "s:e:c")]
+    monkeypatch.setenv("QWEN_KIT_WEBUI_AUTH", "cy:pw3,dee:pw4")
+    assert server_address(WebConfig(share=True), local).auth == [("cy", "pw3"), ("dee", "pw4")]
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.delenv("QWEN_KIT_WEBUI_AUTH")
+    server_address(WebConfig(auth="ann:pw"), local)
+    assert "--auth puts the password in the process list" in capsys.readouterr().err
+    logins.write_text("ann:pw\nbroken-line\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"logins.txt line 2 must look like USER:PASSWORD"):
+        server_address(WebConfig(auth_file=str(logins)), local)
+    os.chmod(logins, 0o644)
+    logins.write_text("ann:pw\n", encoding="utf-8")
+    server_address(WebConfig(auth_file=str(logins)), local)
+    assert "readable by other users" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no such file"):
+        server_address(WebConfig(auth_file=str(tmp_path / "none.txt")), local)
 
 
 def test_a_saved_index_is_offered_and_sampling_settings_apply(tiny, embedder, tmp_path):
