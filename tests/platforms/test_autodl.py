@@ -79,7 +79,15 @@ dest = pathlib.Path(args[args.index("--local_dir") + 1]); dest.mkdir(parents=Tru
     dest = autodl / "autodl-tmp" / "models" / "Qwen2.5-3B-Instruct"
     assert call["args"] == ["download", "--model", "Qwen/Qwen2.5-3B-Instruct", "--local_dir", str(dest)]
     assert call["https_proxy"] == "http://172.20.0.113:12798"
-    assert "https_proxy" not in os.environ
+    # in this process too (the library call itself, not a child): the proxy went to the download
+    # process alone and the environment training and chat inherit is unchanged
+    from qwen_kit.model.download import download_model
+
+    monkeypatch.setenv("PATH", env["PATH"])
+    before = dict(os.environ)
+    download_model("Qwen/Qwen2.5-0.5B", "modelscope")
+    assert json.loads(log.read_text())["https_proxy"] == "http://172.20.0.113:12798"
+    assert dict(os.environ) == before and "https_proxy" not in os.environ
 
 
 def test_download_without_any_client_says_what_to_install(autodl, tmp_path):
