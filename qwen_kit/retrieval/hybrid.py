@@ -30,7 +30,7 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
 RRF_K = 60
 ENGLISH_ONLY = ("all-minilm", "all-mpnet", "bge-small-en", "bge-base-en", "bge-large-en", "e5-small-v2", "gte-small")
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: vectors.npy + sha256 of every file (1 kept vectors in a FAISS file)
 
 # Query prefixes some embedders were trained with (documents get none).
 QUERY_PREFIX = {"BAAI/bge-small-zh-v1.5": "为这个句子生成表示以用于检索相关文章：",
@@ -228,27 +228,48 @@ class HybridRetriever:
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
-        """FAISS vectors, chunks with their BM25 tokens as JSON Lines (no pickle), a manifest."""
-        import faiss
-
+        """Vectors as a plain .npy array, chunks with their BM25 tokens as JSON Lines (no pickle),
+        and a manifest with the sha256 of both. The FAISS index is rebuilt in memory at load, so
+        no FAISS file is ever deserialised: ``faiss.read_index`` on a folder someone handed over
+        would run FAISS's binary parser on untrusted bytes."""
         folder.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(_flat(self.vectors), str(folder / "vectors.faiss"))
+        np.save(folder / "vectors.npy", np.ascontiguousarray(self.vectors, dtype=np.float32), allow_pickle=False)
         with open(folder / "chunks.jsonl", "w", encoding="utf-8") as f:
             for c, t in zip(self.chunks, self.tokens):
                 f.write(json.dumps({**asdict(c), "tokens": t}, ensure_ascii=False) + "\n")
         manifest = {"version": INDEX_VERSION, "embedder": self.embedder.name, "dim": int(self.vectors.shape[1]),
                     "chunks": len(self.chunks), "files": self.file_hashes, "fusion": self.fusion,
-                    "index_type": self.index_type}
+                    "index_type": self.index_type,
+                    "sha256": {name: _sha256(folder / name) for name in ("vectors.npy", "chunks.jsonl")}}
         (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+        (folder / "vectors.faiss").unlink(missing_ok=True)  # an earlier version's file, never read again
 
     @classmethod
     def load(cls, folder: Path, embedder: Embedder, **kw: Any) -> "HybridRetriever":
-        import faiss
+        """Load an index the kit saved; anything else is refused before any file is parsed.
 
+        Raises:
+            UserError: no manifest, an earlier format, files that are not the ones the manifest
+                names (changed, truncated or swapped), or another embedder.
+        """
         manifest_path = folder / "manifest.json"
+        rebuild = f"rebuild it: scripts/build_index.py DOCS --index {folder}"
         if not manifest_path.is_file():
             raise UserError(f"{folder} is not a qwen_kit index (no manifest.json); build one with scripts/build_index.py")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise UntrustedIndex(f"{manifest_path} is not valid JSON; {rebuild}") from None
+        if manifest.get("version") != INDEX_VERSION:
+            raise UntrustedIndex(f"index {folder} was saved by an earlier version of the kit (a FAISS file, which the kit "
+                            f"no longer deserialises); {rebuild}")
+        for name, digest in (manifest.get("sha256") or {}).items():
+            if name not in ("vectors.npy", "chunks.jsonl") or not (folder / name).is_file() \
+                    or _sha256(folder / name) != digest:
+                raise UntrustedIndex(f"index {folder}: {name} is not the file the kit wrote (changed, truncated or "
+                                f"swapped); {rebuild}")
+        if set(manifest.get("sha256") or {}) != {"vectors.npy", "chunks.jsonl"}:
+            raise UntrustedIndex(f"index {folder}: its manifest lists no checksums; {rebuild}")
         if manifest.get("embedder") != embedder.name:
             raise UserError(f"index {folder} was built with embedder {manifest.get('embedder')}, not {embedder.name}; "
                             f"rebuild it (scripts/build_index.py ... --index {folder}) or pass --embedder "
@@ -258,19 +279,24 @@ class HybridRetriever:
         rows = [json.loads(line) for line in open(folder / "chunks.jsonl", encoding="utf-8") if line.strip()]
         r.tokens = [row.pop("tokens") for row in rows]
         r.chunks = [Chunk(**row) for row in rows]
-        index = faiss.read_index(str(folder / "vectors.faiss"))
-        r.vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, embedder.dim), np.float32)
+        vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+        if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != len(r.chunks):
+            raise UntrustedIndex(f"index {folder}: vectors.npy does not match its chunks; {rebuild}")
+        r.vectors = vectors
         r.file_hashes = dict(manifest.get("files", {}))
         return r
 
 
-def _flat(vectors: np.ndarray):
-    import faiss
+class UntrustedIndex(UserError):
+    """An index folder the kit did not write as it is now (older format, changed files)."""
 
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    if len(vectors):
-        index.add(vectors)
-    return index
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _embed_text(c: Chunk) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from qwen_kit.errors import UserError
 from qwen_kit.retrieval.chunking import chunk_document
-from qwen_kit.retrieval.hybrid import Embedder, HybridRetriever, file_hash
+from qwen_kit.retrieval.hybrid import Embedder, HybridRetriever, UntrustedIndex, file_hash
 from qwen_kit.retrieval.loaders import LoadReport, load_folder
 
 
@@ -40,10 +40,12 @@ def build_index(docs: str | Path, index: str | Path | None = None, embedder: Emb
         raise UserError(f"documents folder {folder} does not exist or is not a folder")
     embedder = embedder or Embedder()
     index_dir = Path(index).expanduser() if index else None
+    retriever = HybridRetriever(embedder)
     if index_dir is not None and (index_dir / "manifest.json").is_file():
-        retriever = HybridRetriever.load(index_dir, embedder)
-    else:
-        retriever = HybridRetriever(embedder)
+        try:
+            retriever = HybridRetriever.load(index_dir, embedder)
+        except UntrustedIndex as err:  # the documents are here: index them all again
+            print(f"{err}; indexing every document again", file=sys.stderr)
     documents, load_report = load_folder(folder, quiet=not progress)
     report = BuildReport(load=load_report)
     current = {d.path: file_hash(d.text) for d in documents}

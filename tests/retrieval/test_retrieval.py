@@ -139,3 +139,37 @@ def test_build_index_script_reports_and_refuses_a_missing_folder(docs, tmp_path)
     assert res.returncode == 0 and b"4 files added" in res.stderr
     res = run_script("build_index.py", str(tmp_path / "nope"), "--index", str(tmp_path / "i"))
     assert res.returncode == 2 and b"does not exist" in res.stderr
+
+
+def test_only_an_index_the_kit_wrote_is_loaded(embedder, tmp_path):
+    """No FAISS file is ever deserialised, and files that are not the ones the manifest names are
+    refused before they are parsed; build_index re-indexes such a folder from the documents."""
+    import json
+
+    import pytest
+
+    from qwen_kit.errors import UserError
+    from qwen_kit.retrieval.hybrid import HybridRetriever
+    from qwen_kit.retrieval.index import build_index
+    from tests.conftest import ROOT
+
+    index = tmp_path / "idx"
+    build_index(ROOT / "data" / "knowledge", index, embedder, progress=False)
+    assert sorted(p.name for p in index.iterdir()) == ["chunks.jsonl", "manifest.json", "vectors.npy"]
+    HybridRetriever.load(index, embedder)  # as written: fine
+
+    vectors = (index / "vectors.npy").read_bytes()
+    (index / "vectors.npy").write_bytes(vectors[:-8] + b"\0" * 8)  # tampered or torn
+    with pytest.raises(UserError, match="vectors.npy is not the file the kit wrote"):
+        HybridRetriever.load(index, embedder)
+    (index / "vectors.npy").write_bytes(vectors)
+
+    manifest = json.loads((index / "manifest.json").read_text())
+    old = {k: v for k, v in manifest.items() if k != "sha256"} | {"version": 1}  # an earlier version's folder
+    (index / "manifest.json").write_text(json.dumps(old))
+    (index / "vectors.faiss").write_bytes(b"not a faiss file at all")  # would crash or worse if parsed
+    with pytest.raises(UserError, match="earlier version.*build_index.py"):
+        HybridRetriever.load(index, embedder)
+    retriever, report = build_index(ROOT / "data" / "knowledge", index, embedder, progress=False)
+    assert report.chunks_embedded == len(retriever.chunks) > 0 and not (index / "vectors.faiss").exists()
+    HybridRetriever.load(index, embedder)
