@@ -164,7 +164,8 @@ def assemble_chat(cfg: ChatConfig, loaded: Any, *, persona: Any = None, persona_
     engine = ChatEngine(loaded.model, loaded.tokenizer, system=system, settings=settings,
                         max_context=max_context, eos_token_ids=loaded.eos_token_ids,
                         context_fn=combine_contexts(*sources), context_placement=cfg.context_in,
-                        on_evict=memory.remember if memory is not None else None)
+                        on_evict=memory.remember if memory is not None else None,
+                        on_round=memory.record_round if memory is not None else None)
     if persona is not None and (opening := persona.opening(user_name)) is not None:
         engine.rounds.append(opening)
     return Chat(engine, memory, persona)

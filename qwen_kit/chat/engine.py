@@ -194,6 +194,8 @@ class ChatEngine:
         max_context: prompt + new tokens never exceed this many tokens.
         eos_token_ids: every id that ends a reply.
         on_evict: called with the rounds that no longer fit, when they leave the prompt.
+        on_round: called with each round as soon as it is complete (long-term memory writes it
+            to disk then, so a killed process loses no answered turn).
         context_fn: called with ``(user_text, recent_rounds)``; returns extra system text
             for this turn (retrieved documents, memories) and extras for the turn record.
             :func:`combine_contexts` joins several sources into one.
@@ -206,6 +208,7 @@ class ChatEngine:
     max_context: int = 4096
     eos_token_ids: list[int] = field(default_factory=list)
     on_evict: Callable[[list[Round]], None] | None = None
+    on_round: Callable[[Round], None] | None = None
     context_fn: Callable[[str, list[Round]], tuple[str, dict[str, Any]]] | None = None
     context_placement: str = "system"  # or "user": retrieved text quoted before the question
     rounds: list[Round] = field(default_factory=list)
@@ -271,6 +274,8 @@ class ChatEngine:
 
     def _record(self, r: Round) -> None:
         self.rounds.append(r)
+        if self.on_round is not None:
+            self.on_round(r)
 
     def release_window(self) -> int:
         """Let every round still in the prompt go through ``on_evict`` (end of a session, or a

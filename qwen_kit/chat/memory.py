@@ -183,6 +183,7 @@ class LongTermMemory:
         self.user, self.tokenizer, self.top_k, self.max_tokens = user, tokenizer, top_k, max_tokens
         self.with_replies = with_replies  # replies in the prompt too (scored 0.4 vs 0.3 without, docs/memory.md)
         self.session = session or uuid.uuid4().hex[:8]
+        self.in_prompt: dict[int, str] = {}  # id(Round) -> record id: written, not yet searchable
         self.index_dir = self.file.path.with_name(self.file.path.name + ".index") / _safe_name(user)
         records, warnings = self.file.read()
         for w in warnings:
@@ -228,13 +229,39 @@ class LongTermMemory:
                 make_private(f)
 
     # -- engine hooks -----------------------------------------------------------------------
+    def _record_for(self, r: Round) -> MemoryRecord:
+        return MemoryRecord(uuid.uuid4().hex[:12], _timestamp(r.time), self.session, self.user, r.user, r.assistant)
+
+    def record_round(self, r: Round) -> None:
+        """Write a round to the file the moment it is complete (``on_round``): a crash, even
+        ``kill -9``, loses no answered turn. It is not searchable while it is still in the
+        prompt (recall would repeat what the model already sees); :meth:`remember` makes it so
+        when it leaves. A later session reads it from the file like any other memory, so a
+        restart never writes it twice."""
+        if not r.user.strip():
+            return
+        record = self._record_for(r)
+        self.file.append([record])
+        self.records[record.id] = record
+        self.in_prompt[id(r)] = record.id
+
     def remember(self, rounds: Sequence[Round], vectors: Any = None) -> list[MemoryRecord]:
-        """Append rounds that left the prompt to the file, then make them searchable.
-        ``vectors``: their embeddings when already computed (one row per kept round)."""
-        records = [MemoryRecord(uuid.uuid4().hex[:12], _timestamp(r.time), self.session, self.user,
-                                r.user, r.assistant) for r in rounds if r.user.strip()]
-        self.file.append(records)  # durable before it is searchable
-        self.records.update((r.id, r) for r in records)
+        """Rounds that left the prompt become searchable; those not written yet (a caller
+        without ``on_round``) are appended to the file first. ``vectors``: their embeddings
+        when already computed (one row per kept round)."""
+        records = []
+        for r in rounds:
+            if not r.user.strip():
+                continue
+            written = self.in_prompt.pop(id(r), None)
+            if written is None:
+                records.append(self._record_for(r))
+            elif written in self.records:
+                records.append(self.records[written])
+            # else: forgotten (/forget) while it was still in the prompt: it stays gone
+        new = [rec for rec in records if rec.id not in self.records]
+        self.file.append(new)  # durable before it is searchable
+        self.records.update((rec.id, rec) for rec in records)
         self._index(records, vectors)
         return records
 

@@ -22,22 +22,24 @@ FILLERS = [f"Tell me one thing about topic number {i}: gardening, tides, bread o
 def _engine(tiny, memory, max_context=512):
     return ChatEngine(tiny.model, tiny.tokenizer, settings=GenerationSettings(max_new_tokens=16, greedy=True),
                       max_context=max_context, eos_token_ids=tiny.eos_token_ids, context_fn=memory,
-                      on_evict=memory.remember)
+                      on_evict=memory.remember, on_round=memory.record_round)  # as chat.py wires it
 
 
 def _file_rows(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def test_overflow_moves_exactly_the_oldest_rounds_into_the_file(tiny, embedder, tmp_path):
+def test_every_round_is_written_at_once_and_exactly_the_oldest_become_searchable(tiny, embedder, tmp_path):
     path = tmp_path / "chat_history.txt"
     memory = LongTermMemory(path, embedder, tiny.tokenizer, user="alice", max_tokens=60)
     engine = _engine(tiny, memory, max_context=200)
     for i, text in enumerate(FILLERS[:12]):
         turn = engine.add_round(text, f"Reply number {i}.")
         assert turn.stats.prompt_tokens <= engine.budget
-        rows = _file_rows(path) if path.exists() else []
-        assert [r["user_text"] for r in rows] == [r.user for r in engine.rounds[: engine.window_start]]
+        rows = _file_rows(path)
+        assert [r["user_text"] for r in rows] == [r.user for r in engine.rounds]  # durable as soon as answered
+        searchable = {memory.records[i].user_text for i in memory.retriever.file_hashes}
+        assert searchable == {r.user for r in engine.rounds[: engine.window_start]}  # only what left the prompt
     assert engine.window_start >= 3, "twelve rounds cannot fit 200 tokens"
     row = _file_rows(path)[0]
     assert set(row) == {"id", "time", "session", "user", "user_text", "reply"}
@@ -237,3 +239,39 @@ def test_memory_files_are_private_and_an_existing_shared_file_keeps_its_mode_wit
     assert mode(shared) == 0o644 and "readable by other users" in err and f"chmod 600 {shared}" in err
     MemoryFile(shared).remove({"r1"})
     assert mode(shared) == 0o644  # forget keeps the mode the user chose
+
+
+def test_sigkill_after_n_answered_turns_leaves_n_rounds_and_a_restart_adds_no_duplicate(tiny_qwen_dir, tmp_path):
+    """The issue's repro through chat.py: --memory --max-context 256, 18 answered turns, kill -9.
+    Before, the rounds still in the prompt were lost (16 of 18 in the file)."""
+    mem = tmp_path / "chat_history.txt"
+    args = [sys.executable, str(ROOT / "scripts" / "chat.py"), "--model", str(tiny_qwen_dir), "--greedy",
+            "--max-new-tokens", "6", "--max-context", "256", "--memory", "--memory-file", str(mem), "--user", "kim",
+            "--jsonl"]
+    env = {**os.environ, "QWEN_KIT_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    questions = [f"Turn {i}: {FILLERS[i]}" for i in range(18)]
+    for q in questions:  # one at a time: each answer is read before the next question is sent
+        proc.stdin.write((q + "\n").encode())
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["user"] == q
+    proc.send_signal(signal.SIGKILL)  # no exit handler runs
+    proc.wait()
+    rows = _file_rows(mem)
+    assert [r["user_text"] for r in rows] == questions  # all 18, in order, each once
+
+    # a restart reads them as memories (none is in its prompt) and writes none of them again
+    again = run_script("chat.py", *args[2:], input="/exit\n", env={"QWEN_KIT_CACHE": str(tmp_path / "cache")})
+    assert again.returncode == 0, again.stderr.decode()[-1500:]
+    assert [r["user_text"] for r in _file_rows(mem)] == questions
+
+
+def test_a_round_still_in_the_prompt_is_written_but_not_recalled(tiny, embedder, tmp_path):
+    memory = LongTermMemory(tmp_path / "m.txt", embedder, tiny.tokenizer, user="alice", max_tokens=200)
+    engine = _engine(tiny, memory, max_context=2000)  # roomy: nothing is evicted
+    engine.add_round(FACT, "Brumle is a fine name for a Volvo.")
+    assert [r["user_text"] for r in _file_rows(tmp_path / "m.txt")] == [FACT]  # durable at once
+    assert memory.search("What was my first car called?") == []  # the model already sees it
+    engine.release_window()  # the session ends: now it is a memory, and the file holds it once
+    assert [r.user_text for r, _ in memory.search("What was my first car called?")] == [FACT]
+    assert [r["user_text"] for r in _file_rows(tmp_path / "m.txt")] == [FACT]
