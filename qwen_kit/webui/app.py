@@ -74,8 +74,12 @@ def build_page(service: WebChatService) -> Any:
     cfg = service.cfg.chat
     export_dir = Path(tempfile.mkdtemp(prefix="qwen_kit_exports_"))
 
-    def ensure(conv: Conversation | None, persona: str, kb: str, memory_on: bool) -> Conversation:
-        return conv if conv is not None else service.conversation(persona, kb, memory_on)
+    def login(request: Any) -> str | None:
+        """The logged-in user (Gradio's login); None without a login: the one local user."""
+        return getattr(request, "username", None) if request is not None else None
+
+    def ensure(conv: Conversation | None, persona: str, kb: str, memory_on: bool, request: Any) -> Conversation:
+        return conv if conv is not None else service.conversation(persona, kb, memory_on, login(request))
 
     with gr.Blocks(title="qwen_kit chat", fill_height=True) as page:
         conv_state = gr.State(None, delete_callback=lambda conv: conv.close() if conv is not None else None)
@@ -126,12 +130,12 @@ def build_page(service: WebChatService) -> Any:
         setup = [persona, kb, memory_on]
         sampling = [greedy, temperature, top_p, top_k, penalty, max_new]
 
-        def on_load(persona_v: str, kb_v: str, mem_v: bool):
-            conv = service.conversation(persona_v, kb_v, mem_v)
-            return conv, conv.messages(), service.memories()
+        def on_load(persona_v: str, kb_v: str, mem_v: bool, request: gr.Request):
+            conv = service.conversation(persona_v, kb_v, mem_v, login(request))
+            return conv, conv.messages(), service.memories(login=login(request))
 
-        def on_setup(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool):
-            conv = ensure(conv, persona_v, kb_v, mem_v)
+        def on_setup(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool, request: gr.Request):
+            conv = ensure(conv, persona_v, kb_v, mem_v, request)
             try:
                 conv.configure(persona_v, kb_v, mem_v)
             except UserError as err:
@@ -139,8 +143,9 @@ def build_page(service: WebChatService) -> Any:
             return conv, conv.messages()
 
         def on_send(conv: Conversation | None, text: str, persona_v: str, kb_v: str, mem_v: bool,
-                    greedy_v: bool, temp_v: float, top_p_v: float, top_k_v: int, penalty_v: float, max_new_v: int):
-            conv = ensure(conv, persona_v, kb_v, mem_v)
+                    greedy_v: bool, temp_v: float, top_p_v: float, top_k_v: int, penalty_v: float, max_new_v: int,
+                    request: gr.Request):
+            conv = ensure(conv, persona_v, kb_v, mem_v, request)
             text = (text or "").strip()
             if not text:
                 yield conv, conv.messages(), gr.update(interactive=True)
@@ -162,35 +167,36 @@ def build_page(service: WebChatService) -> Any:
                 return
             yield conv, conv.messages(), gr.update(value="", interactive=True)
 
-        def on_submit(conv: Conversation | None, text: str, persona_v: str, kb_v: str, mem_v: bool):
+        def on_submit(conv: Conversation | None, text: str, persona_v: str, kb_v: str, mem_v: bool,
+                      request: gr.Request):
             """At once, outside the queue: the message shows, and the reply's place says whether
             it waits for another conversation. The box is locked until generation takes it."""
-            conv = ensure(conv, persona_v, kb_v, mem_v)
+            conv = ensure(conv, persona_v, kb_v, mem_v, request)
             text = (text or "").strip()
             if not text:
                 return conv, conv.messages(), gr.update()
             return conv, conv.messages((text, "", {}), WAITING if service.busy else "…"), gr.update(interactive=False)
 
-        def on_reset(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool):
-            conv = ensure(conv, persona_v, kb_v, mem_v)
+        def on_reset(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool, request: gr.Request):
+            conv = ensure(conv, persona_v, kb_v, mem_v, request)
             kept = conv.reset()
             if kept:
                 gr.Info(f"{kept} rounds kept in long-term memory")
-            return conv, conv.messages(), service.memories()
+            return conv, conv.messages(), service.memories(login=login(request))
 
-        def on_export(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool):
-            conv = ensure(conv, persona_v, kb_v, mem_v)
+        def on_export(conv: Conversation | None, persona_v: str, kb_v: str, mem_v: bool, request: gr.Request):
+            conv = ensure(conv, persona_v, kb_v, mem_v, request)
             return conv, gr.update(value=str(conv.export(export_dir)), visible=True)
 
-        def on_search(text: str):
-            return service.memories(text or "")
+        def on_search(text: str, request: gr.Request):
+            return service.memories(text or "", login=login(request))
 
-        def on_forget(target: str, text: str):
+        def on_forget(target: str, text: str, request: gr.Request):
             try:
-                n = service.forget(target or "")
+                n = service.forget(target or "", login=login(request))
             except UserError as err:
                 return gr.update(), f"⚠️ {err}", target
-            return service.memories(text or ""), f"forgot {n} memor{'y' if n == 1 else 'ies'}", ""
+            return service.memories(text or "", login=login(request)), f"forgot {n} memor{'y' if n == 1 else 'ies'}", ""
 
         def on_pick(evt: gr.SelectData):  # a clicked row fills in its id
             row = evt.row_value if evt.row_value else None

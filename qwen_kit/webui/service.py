@@ -185,10 +185,11 @@ class WebChatService:
             self.knowledge[self._kb_label(p)] = open_knowledge([p], self.embedder)
         self.persona_docs = {label: open_knowledge(p.documents, self.embedder)
                              for label, p in self.personas.items() if p.documents}
-        self.memory = open_memory(cfg.chat, self.embedder, self.loaded.tokenizer, self.budget)
-        assemble_chat(cfg.chat, self.loaded)  # a bad token budget fails at start, not in the page
         self.model_lock = threading.Lock()  # one generation at a time on the one model
         self.state_lock = threading.RLock()  # prompt building and memory edits
+        self._memories: dict[str, Any] = {}
+        self.memory = self.memory_for(None)  # the local user's (--user): no login, or the terminal's
+        assemble_chat(cfg.chat, self.loaded)  # a bad token budget fails at start, not in the page
         self._open: weakref.WeakSet[Conversation] = weakref.WeakSet()
         self._chunks: dict[int, dict[str, Any]] = {}
 
@@ -238,11 +239,21 @@ class WebChatService:
         """Whether a conversation is generating now (a new message will wait in the queue)."""
         return self.model_lock.locked()
 
+    def memory_for(self, login: str | None) -> Any:
+        """Each login has its own memories (stored under the login name in the one memory
+        file); without a login (--no-auth, or localhost) there is one local user, --user."""
+        user = login or self.cfg.chat.user
+        with self.state_lock:
+            if user not in self._memories:
+                self._memories[user] = open_memory(replace(self.cfg.chat, user=user), self.embedder,
+                                                   self.loaded.tokenizer, self.budget)
+            return self._memories[user]
+
     def conversation(self, persona: str | None = None, knowledge: str | None = None,
-                     memory: bool | None = None) -> "Conversation":
+                     memory: bool | None = None, login: str | None = None) -> "Conversation":
         conv = Conversation(self, self._pick(persona, self.personas, "persona"),
                             self._pick(knowledge, self.knowledge, "knowledge base"),
-                            self.cfg.memory if memory is None else memory)
+                            self.cfg.memory if memory is None else memory, login)
         self._open.add(conv)
         return conv
 
@@ -263,13 +274,15 @@ class WebChatService:
         return ""
 
     # -- memory panel -----------------------------------------------------------------------
-    def memories(self, query: str = "", limit: int = 50) -> list[list[str]]:
+    def memories(self, query: str = "", limit: int = 50, login: str | None = None) -> list[list[str]]:
+        """The memory panel: ``login``'s own memories only."""
         with self.state_lock:
-            return [[r.id, r.time[:16], r.user_text, r.reply] for r in self.memory.listing(query, limit)]
+            return [[r.id, r.time[:16], r.user_text, r.reply] for r in self.memory_for(login).listing(query, limit)]
 
-    def forget(self, target: str) -> int:
+    def forget(self, target: str, login: str | None = None) -> int:
+        """Forget one of ``login``'s memories, or ``all`` of them; nobody else's."""
         with self.state_lock:
-            return self.memory.forget(target)
+            return self.memory_for(login).forget(target)
 
 
 class Conversation:
@@ -277,8 +290,9 @@ class Conversation:
     chat built from them. Changing the knowledge base or the memory switch keeps the
     dialogue; choosing another persona starts a new one with its greeting."""
 
-    def __init__(self, service: WebChatService, persona: str | None, knowledge: str | None, memory: bool):
-        self.service = service
+    def __init__(self, service: WebChatService, persona: str | None, knowledge: str | None, memory: bool,
+                 login: str | None = None):
+        self.service, self.login = service, login
         self.persona, self.knowledge, self.memory_on = persona, knowledge, memory
         self.chat: Chat = self._build()
 
@@ -288,7 +302,7 @@ class Conversation:
         return assemble_chat(s.cfg.chat, s.loaded, persona=persona,
                              persona_knowledge=s.persona_docs.get(self.persona) if self.persona else None,
                              knowledge=s.knowledge.get(self.knowledge) if self.knowledge else None,
-                             memory=s.memory if self.memory_on else None)
+                             memory=s.memory_for(self.login) if self.memory_on else None)
 
     @property
     def engine(self) -> Any:

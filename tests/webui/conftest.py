@@ -17,10 +17,11 @@ from tests.conftest import ROOT
 
 ARTIFACTS = ROOT / "test-artifacts" / "webui"
 USER, PASSWORD = "tester", "s3cret-pass"
+OTHER, OTHER_PASSWORD = "visitor", "an0ther-pass"  # a second login: sees none of USER's memories
 SEEDED = [  # long-term memories the server starts with (the memory file's own format)
-    {"id": "a1b2c3d4e5f6", "time": "2026-11-20 10:00:00", "session": "seed", "user": "default",
+    {"id": "a1b2c3d4e5f6", "time": "2026-11-20 10:00:00", "session": "seed", "user": USER,
      "user_text": "My cat is called Mochi.", "reply": "Mochi is a lovely name."},
-    {"id": "0f9e8d7c6b5a", "time": "2026-11-21 09:30:00", "session": "seed", "user": "default",
+    {"id": "0f9e8d7c6b5a", "time": "2026-11-21 09:30:00", "session": "seed", "user": USER,
      "user_text": "I was born in Chengdu.", "reply": "Chengdu, the home of pandas!"},
 ]
 
@@ -79,7 +80,7 @@ def server(tiny_qwen_dir, tmp_path_factory):
     memory_file = folder / "chat_history.txt"
     memory_file.write_text("".join(json.dumps(r) + "\n" for r in SEEDED), encoding="utf-8")
     logins = folder / "logins.txt"  # the login from a file, as the docs advise (argv is readable by others)
-    logins.write_text(f"{USER}:{PASSWORD}\n", encoding="utf-8")
+    logins.write_text(f"{USER}:{PASSWORD}\n{OTHER}:{OTHER_PASSWORD}\n", encoding="utf-8")
     logins.chmod(0o600)
     proc, url = start_server(["--model", str(tiny_qwen_dir), "--kb", "data/knowledge", "--personas", "data/personas",
                               "--memory-file", str(memory_file), "--auth-file", str(logins),

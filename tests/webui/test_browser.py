@@ -32,12 +32,7 @@ def css(driver, selector):
 
 def text_of(driver, selector: str) -> str:
     """The text of the elements matching ``selector`` ("" while the page redraws them)."""
-    from selenium.common.exceptions import StaleElementReferenceException
-
-    try:
-        return "\n".join(e.text for e in css(driver, selector))
-    except StaleElementReferenceException:
-        return ""
+    return "\n".join(texts(driver, selector))
 
 
 def shot(driver, name: str) -> None:
@@ -69,13 +64,23 @@ def choose(driver, elem_id: str, label: str) -> None:
     option.click()
 
 
+def texts(driver, selector: str) -> list[str]:
+    """The text of each element matching ``selector`` ([] while the page redraws them)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return [e.text for e in css(driver, selector)]
+    except StaleElementReferenceException:
+        return []
+
+
 def bot_messages(driver) -> list[str]:
     """Text of the assistant's answers (not their source boxes)."""
-    return [e.text for e in css(driver, "#qk-chat .bot-row .message:not(.thought) .message-content")]
+    return texts(driver, "#qk-chat .bot-row .message:not(.thought) .message-content")
 
 
 def user_messages(driver) -> list[str]:
-    return [e.text for e in css(driver, "#qk-chat .user-row .message-content")]
+    return texts(driver, "#qk-chat .user-row .message-content")
 
 
 def idle(driver) -> bool:
@@ -194,6 +199,37 @@ def test_memory_panel_lists_and_forgets(browser, server):
     lines = [json.loads(x) for x in server["memory_file"].read_text(encoding="utf-8").splitlines() if x.strip()]
     assert gone["id"] not in [r["id"] for r in lines]
     assert SEEDED[1]["id"] in [r["id"] for r in lines]
+
+
+def test_two_logins_do_not_see_each_others_memories(server, tmp_path):
+    """Each login has its own memories: the visitor's panel lists none of the tester's, and the
+    visitor's 'forget all' leaves the tester's memories (in the file and in the panel) alone."""
+    from gradio_client import Client
+
+    from tests.webui.conftest import OTHER, OTHER_PASSWORD, new_browser
+
+    visitor = new_browser(tmp_path / "visitor-profile")
+    try:
+        visitor.get(server["url"] + "/")
+        login(visitor, server["url"], OTHER, OTHER_PASSWORD)
+        wait(visitor, lambda d: css(d, "#qk-input textarea"), message="the visitor's page did not appear")
+        wait(visitor, lambda d: css(d, "#qk-memories button"))[0].click()
+        table = lambda d: text_of(d, "#qk-memory-table")  # noqa: E731
+        wait(visitor, lambda d: table(d) != "", message="the memory table did not render")
+        assert "Chengdu" not in table(visitor) and "Mochi" not in table(visitor)
+        shot(visitor, "09b_visitor_sees_no_memories")
+        css(visitor, "#qk-forget-id textarea, #qk-forget-id input")[0].send_keys("all")
+        css(visitor, "#qk-forget")[0].click()
+        wait(visitor, lambda d: "forgot 0 memories" in text_of(d, "#qk-memory-note"), message="no note")
+    finally:
+        visitor.quit()
+    lines = [json.loads(x) for x in server["memory_file"].read_text(encoding="utf-8").splitlines() if x.strip()]
+    assert SEEDED[1]["id"] in [r["id"] for r in lines]  # the tester's memory survived the visitor's "all"
+    # the named API endpoints answer for the caller's own login too
+    tester = Client(server["url"], auth=(USER, PASSWORD), verbose=False)
+    other = Client(server["url"], auth=(OTHER, OTHER_PASSWORD), verbose=False)
+    assert "Chengdu" in json.dumps(tester.predict("born", api_name="/memories"))
+    assert "Chengdu" not in json.dumps(other.predict("born", api_name="/memories"))
 
 
 def test_a_message_sent_while_another_tab_generates_waits_visibly(browser, server):

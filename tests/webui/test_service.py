@@ -3,6 +3,7 @@ and conversations sharing one model."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -226,3 +227,24 @@ def test_a_broken_persona_named_on_the_command_line_stops_the_start(tiny, tmp_pa
     bad.write_text("name: [unclosed\n", encoding="utf-8")
     with pytest.raises(UserError, match="bad.yaml"):
         WebChatService(WebConfig(personas=[str(bad)]), loaded=tiny)
+
+
+def test_each_login_has_its_own_memories(tiny, tmp_path):
+    from qwen_kit.chat.cli import ChatConfig
+
+    cfg = WebConfig(chat=ChatConfig(memory_file=str(tmp_path / "m.txt"), max_new_tokens=8, greedy=True,
+                                    max_context=512), memory=True)
+    service = WebChatService(cfg, loaded=tiny)
+    ann, bob = service.conversation(login="ann"), service.conversation(login="bob")
+    for conv, text in ((ann, "My locker number is 4417."), (bob, "My bike is red.")):
+        for _ in conv.stream(text):
+            pass
+        conv.reset()  # the rounds go to that login's memory
+    assert [row[2] for row in service.memories(login="ann")] == ["My locker number is 4417."]
+    assert [row[2] for row in service.memories(login="bob")] == ["My bike is red."]
+    assert service.memories() == []  # no login: the one local user, who has none
+    assert service.forget("all", login="bob") == 1
+    assert [row[2] for row in service.memories(login="ann")] == ["My locker number is 4417."]
+    rows = [json.loads(x) for x in (tmp_path / "m.txt").read_text(encoding="utf-8").splitlines()]
+    assert [(r["user"], r["user_text"]) for r in rows] == [("ann", "My locker number is 4417.")]
+
