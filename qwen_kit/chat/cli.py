@@ -43,6 +43,7 @@ class ChatConfig:
     context_in: str = "user"
     persona: str | None = None
     persona_layout: str = "second"
+    greeting: str = "0"  # 0: the greeting; N: the N-th alternate greeting; random
     memory: bool = False
     memory_file: str | None = None
     user: str = "default"
@@ -166,7 +167,7 @@ def assemble_chat(cfg: ChatConfig, loaded: Any, *, persona: Any = None, persona_
                         context_fn=combine_contexts(*sources), context_placement=cfg.context_in,
                         on_evict=memory.remember if memory is not None else None,
                         on_round=memory.record_round if memory is not None else None)
-    if persona is not None and (opening := persona.opening(user_name)) is not None:
+    if persona is not None and (opening := persona.opening(user_name, cfg.greeting)) is not None:
         engine.rounds.append(opening)
     return Chat(engine, memory, persona)
 

@@ -54,15 +54,16 @@ def read_dialogue(path: str | Path) -> list[dict[str, Any]]:
 class MemoryEvalResult:
     layout: str
     probes: int = 0
-    retrieved: int = 0  # the planted round was recalled from memory (or was still in the prompt)
-    still_in_prompt: int = 0
+    retrieved: int = 0  # the planted round was recalled from memory (the headline)
+    still_in_prompt: int = 0  # the planted round had not left the prompt yet: nothing to recall
     answered: int = 0
     answers_scored: bool = False
     details: list[dict[str, Any]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         out = {"layout": self.layout, "probes": self.probes,
-               "memory recall": self.retrieved / max(self.probes, 1)}
+               "recalled from memory": self.retrieved / max(self.probes, 1),
+               "still in the prompt": self.still_in_prompt / max(self.probes, 1)}
         if self.answers_scored:
             out["answer recall"] = self.answered / max(self.probes, 1)
         return out
@@ -76,8 +77,9 @@ def eval_memory(dialogue: list[dict[str, Any]], loaded: Any, embedder: Any, max_
     Rows with ``assistant`` are scripted (no generation); other rows are answered by the model
     (or get a placeholder reply when ``answers`` is False). Probe rows (``expect``) are asked
     and then taken back, so one probe's answer cannot sway the next. For probes, the
-    planted round counts as retrieved when a recalled memory's user text contains an expected
-    string; the answer counts when it contains one.
+    planted round counts as recalled from memory only when a recalled memory's user text
+    contains an expected string; a planted round still in the prompt is counted apart (the
+    model sees it without any memory); the answer counts when it contains one.
     """
     from tqdm import tqdm
 
@@ -98,7 +100,7 @@ def eval_memory(dialogue: list[dict[str, Any]], loaded: Any, embedder: Any, max_
             if expect:
                 recalled = [m["user_text"] for m in turn.extras.get("memories", [])]
                 in_prompt = any(_contains(r.user, expect) for r in engine.in_prompt())
-                hit = in_prompt or any(_contains(t, expect) for t in recalled)
+                hit = any(_contains(t, expect) for t in recalled)
                 result.probes += 1
                 result.retrieved += hit
                 result.still_in_prompt += in_prompt

@@ -49,6 +49,8 @@ def add_persona_memory_options(p: argparse.ArgumentParser) -> argparse._Argument
     v = p.add_argument_group("persona and long-term memory")
     v.add_argument("--persona-layout", default=ChatConfig.persona_layout, choices=["second", "fields"],
                    help="persona as prose addressed to the model, or as labelled card fields")
+    v.add_argument("--greeting", default=ChatConfig.greeting,
+                   help="the persona's opening: 0 its greeting, N its N-th alternate greeting, or random")
     v.add_argument("--memory-file", help="memory file (default: chat_history.txt in the platform's working folder)")
     v.add_argument("--user", default=ChatConfig.user, help="whose memories these are; each user's are kept apart")
     v.add_argument("--memory-top-k", type=int, default=ChatConfig.memory_top_k, help="memories recalled per turn")

@@ -96,11 +96,29 @@ class Persona:
             return self.fill(self.system_prompt.replace("{{original}}", built), user)
         return built
 
-    def opening(self, user: str = "User") -> Round | None:
-        """The greeting as the conversation's first assistant message."""
-        if not self.greeting.strip():
+    def opening(self, user: str = "User", choice: str = "0") -> Round | None:
+        """The greeting as the conversation's first assistant message. ``choice``: ``0`` the
+        greeting, ``N`` the N-th of ``alternate_greetings``, ``random`` any of them.
+
+        Raises:
+            UserError: ``choice`` names a greeting the persona does not have.
+        """
+        import random
+
+        greetings = [g for g in [self.greeting, *self.alternate_greetings]]
+        if choice == "random":
+            options = [g for g in greetings if g.strip()]
+            text = random.choice(options) if options else ""
+        else:
+            try:
+                text = greetings[int(choice)]
+            except (ValueError, IndexError):
+                raise UserError(f"--greeting {choice}: {self.name} has the greeting 0 and "
+                                f"{len(self.alternate_greetings)} alternate greeting(s) (1 to "
+                                f"{len(self.alternate_greetings)}); or use random") from None
+        if not text.strip():
             return None
-        return Round("", self.fill(self.greeting, user))
+        return Round("", self.fill(text, user))
 
 
 class PersonaContext:

@@ -121,3 +121,19 @@ def test_persona_eval_script_writes_a_table(tiny_qwen_dir, tmp_path):
     assert "| second | 1 |" in table and "| fields | 1 |" in table
     details = json.loads((tmp_path / "out" / "persona_eval.json").read_text(encoding="utf-8"))
     assert set(details) == {"second", "fields"} and details["second"][0]["user"] == "Who are you?"
+
+
+def test_an_alternate_greeting_opens_the_chat_when_asked(tiny_qwen_dir):
+    from tests.conftest import ROOT, run_script
+
+    card = str(ROOT / "data" / "personas" / "card_v2_example.json")
+    common = ["--model", str(tiny_qwen_dir), "--persona", card, "--greedy", "--max-new-tokens", "4", "--jsonl"]
+    first = run_script("chat.py", *common, "--user", "Ada", "--greeting", "1", input="/exit\n")
+    assert first.returncode == 0, first.stderr.decode()[-1500:]
+    opening = json.loads(first.stdout.decode().splitlines()[0])
+    assert opening["greeting"] and opening["assistant"] == "Good evening, Ada. Mind the pendulum."
+    default = run_script("chat.py", *common, input="/exit\n")
+    assert "Mind the pendulum" not in json.loads(default.stdout.decode().splitlines()[0])["assistant"]
+    wrong = run_script("chat.py", *common, "--greeting", "5", input="/exit\n")
+    err = wrong.stderr.decode().strip().splitlines()
+    assert wrong.returncode == 2 and "--greeting 5" in err[-1] and "1 alternate greeting" in err[-1]
