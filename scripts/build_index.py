@@ -23,13 +23,18 @@ def main() -> None:
     p.add_argument("--embedder", help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--chunk-size", type=int, default=200, help="tokens per chunk")
     p.add_argument("--overlap", type=int, default=40, help="tokens carried over between chunks")
+    p.add_argument("--fusion", default="rrf", choices=["rrf", "weighted"], help="saved as the index's default fusion")
+    p.add_argument("--fusion-weight", type=float, default=0.5, help="with --fusion weighted: the dense side's share")
+    p.add_argument("--index-type", default="flat", choices=["flat", "hnsw"],
+                   help="saved as the index's FAISS type: flat (exact) or hnsw (approximate)")
     a = p.parse_args()
 
     def job() -> None:
         from qwen_kit.retrieval.hybrid import Embedder
         from qwen_kit.retrieval.index import build_index
 
-        build_index(a.docs, a.index, Embedder(a.embedder), a.chunk_size, a.overlap)
+        build_index(a.docs, a.index, Embedder(a.embedder), a.chunk_size, a.overlap,
+                    fusion=a.fusion, weight=a.fusion_weight, index_type=a.index_type)
 
     run_cli(job, prog="build_index.py")
 

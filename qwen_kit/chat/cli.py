@@ -42,6 +42,9 @@ class ChatConfig:
     embedder: str | None = None
     context_in: str = "user"
     persona: str | None = None
+    fusion: str | None = None  # rrf or weighted; None: a saved index's own, else rrf
+    fusion_weight: float | None = None  # weighted fusion: the dense side's share (default 0.5)
+    index_type: str | None = None  # flat (exact) or hnsw (approximate); None: a saved index's own, else flat
     persona_layout: str = "second"
     greeting: str = "0"  # 0: the greeting; N: the N-th alternate greeting; random
     memory: bool = False
@@ -80,14 +83,15 @@ def build_chat(cfg: ChatConfig) -> Chat:
 
         embedder = Embedder(cfg.embedder)
     memory = open_memory(cfg, embedder, loaded.tokenizer, budget) if cfg.memory else None
-    persona_docs = open_knowledge(persona.documents, embedder) if persona and persona.documents else None
-    knowledge = open_knowledge([cfg.rag], embedder) if cfg.rag else None
+    persona_docs = open_knowledge(persona.documents, embedder, cfg) if persona and persona.documents else None
+    knowledge = open_knowledge([cfg.rag], embedder, cfg) if cfg.rag else None
     return assemble_chat(cfg, loaded, persona=persona, persona_knowledge=persona_docs, knowledge=knowledge,
                          memory=memory)
 
 
 def load_chat_model(cfg: ChatConfig) -> Any:
     """The model and tokenizer ``cfg`` names (the demo model when no default can be had)."""
+    search_options(cfg)  # a bad search flag fails before minutes of loading
     name = cfg.model
     if name is None:
         name = default_chat_model()
@@ -111,11 +115,22 @@ def context_budget(cfg: ChatConfig, loaded: Any) -> tuple[int, int]:
     return max_context, max_context - cfg.max_new_tokens
 
 
-def open_knowledge(paths: list[str], embedder: Any) -> Any:
-    """One retriever over documents folders, files or saved indexes (a persona may list several)."""
+def search_options(cfg: ChatConfig) -> dict[str, Any]:
+    """The retriever settings the flags give (a saved index's own for those not given)."""
+    search = {k: v for k, v in (("fusion", cfg.fusion), ("weight", cfg.fusion_weight),
+                                ("index_type", cfg.index_type)) if v is not None}
+    if "weight" in search and not 0.0 <= search["weight"] <= 1.0:
+        raise UserError(f"--fusion-weight must be between 0 and 1, got {search['weight']}")
+    return search
+
+
+def open_knowledge(paths: list[str], embedder: Any, cfg: ChatConfig | None = None) -> Any:
+    """One retriever over documents folders, files or saved indexes (a persona may list several),
+    searching as ``cfg`` says (--fusion, --fusion-weight, --index-type)."""
     from qwen_kit.retrieval.index import open_knowledge_base
 
-    retrievers = [open_knowledge_base(p, embedder) for p in paths]
+    search = search_options(cfg or ChatConfig())
+    retrievers = [open_knowledge_base(p, embedder, **search) for p in paths]
     retriever = retrievers[0]
     for other in retrievers[1:]:
         retriever.add(other.chunks, other.vectors)

@@ -238,7 +238,7 @@ class HybridRetriever:
             for c, t in zip(self.chunks, self.tokens):
                 f.write(json.dumps({**asdict(c), "tokens": t}, ensure_ascii=False) + "\n")
         manifest = {"version": INDEX_VERSION, "embedder": self.embedder.name, "dim": int(self.vectors.shape[1]),
-                    "chunks": len(self.chunks), "files": self.file_hashes, "fusion": self.fusion,
+                    "chunks": len(self.chunks), "files": self.file_hashes, "fusion": self.fusion, "weight": self.weight,
                     "index_type": self.index_type,
                     "sha256": {name: _sha256(folder / name) for name in ("vectors.npy", "chunks.jsonl")}}
         (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -274,7 +274,8 @@ class HybridRetriever:
             raise UserError(f"index {folder} was built with embedder {manifest.get('embedder')}, not {embedder.name}; "
                             f"rebuild it (scripts/build_index.py ... --index {folder}) or pass --embedder "
                             f"{manifest.get('embedder')}")
-        r = cls(embedder, fusion=kw.get("fusion", manifest.get("fusion", "rrf")), weight=kw.get("weight", 0.5),
+        r = cls(embedder, fusion=kw.get("fusion", manifest.get("fusion", "rrf")),
+                weight=kw.get("weight", manifest.get("weight", 0.5)),
                 index_type=kw.get("index_type", manifest.get("index_type", "flat")))
         rows = [json.loads(line) for line in open(folder / "chunks.jsonl", encoding="utf-8") if line.strip()]
         r.tokens = [row.pop("tokens") for row in rows]

@@ -28,7 +28,8 @@ class BuildReport:
 
 
 def build_index(docs: str | Path, index: str | Path | None = None, embedder: Embedder | None = None,
-                chunk_size: int = 200, overlap: int = 40, progress: bool = True) -> tuple[HybridRetriever, BuildReport]:
+                chunk_size: int = 200, overlap: int = 40, progress: bool = True,
+                **search: Any) -> tuple[HybridRetriever, BuildReport]:
     """Index every document under ``docs``. With ``index``, an existing index there is updated
     incrementally (only added or changed files are embedded again) and the result is saved.
 
@@ -40,10 +41,10 @@ def build_index(docs: str | Path, index: str | Path | None = None, embedder: Emb
         raise UserError(f"documents folder {folder} does not exist or is not a folder")
     embedder = embedder or Embedder()
     index_dir = Path(index).expanduser() if index else None
-    retriever = HybridRetriever(embedder)
+    retriever = HybridRetriever(embedder, **search)
     if index_dir is not None and (index_dir / "manifest.json").is_file():
         try:
-            retriever = HybridRetriever.load(index_dir, embedder)
+            retriever = HybridRetriever.load(index_dir, embedder, **search)
         except UntrustedIndex as err:  # the documents are here: index them all again
             print(f"{err}; indexing every document again", file=sys.stderr)
     documents, load_report = load_folder(folder, quiet=not progress)
@@ -71,9 +72,10 @@ def build_index(docs: str | Path, index: str | Path | None = None, embedder: Emb
     return retriever, report
 
 
-def open_knowledge_base(path: str | Path, embedder: Embedder | None = None) -> HybridRetriever:
-    """A saved index folder (manifest.json) is loaded; a documents folder is indexed in memory."""
+def open_knowledge_base(path: str | Path, embedder: Embedder | None = None, **search: Any) -> HybridRetriever:
+    """A saved index folder (manifest.json) is loaded; a documents folder is indexed in memory.
+    ``search``: fusion, weight and index_type for the retriever (a saved index's own otherwise)."""
     p = Path(path).expanduser()
     if (p / "manifest.json").is_file():
-        return HybridRetriever.load(p, embedder or Embedder())
-    return build_index(p, None, embedder, progress=False)[0]
+        return HybridRetriever.load(p, embedder or Embedder(), **search)
+    return build_index(p, None, embedder, progress=False, **search)[0]

@@ -182,8 +182,8 @@ class WebChatService:
         self.embedder = Embedder(cfg.chat.embedder)
         self.knowledge: dict[str, Any] = {}
         for p in cfg.knowledge:
-            self.knowledge[self._kb_label(p)] = open_knowledge([p], self.embedder)
-        self.persona_docs = {label: open_knowledge(p.documents, self.embedder)
+            self.knowledge[self._kb_label(p)] = open_knowledge([p], self.embedder, cfg.chat)
+        self.persona_docs = {label: open_knowledge(p.documents, self.embedder, cfg.chat)
                              for label, p in self.personas.items() if p.documents}
         self.model_lock = threading.Lock()  # one generation at a time on the one model
         self.state_lock = threading.RLock()  # prompt building and memory edits

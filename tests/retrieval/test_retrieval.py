@@ -173,3 +173,28 @@ def test_only_an_index_the_kit_wrote_is_loaded(embedder, tmp_path):
     retriever, report = build_index(ROOT / "data" / "knowledge", index, embedder, progress=False)
     assert report.chunks_embedded == len(retriever.chunks) > 0 and not (index / "vectors.faiss").exists()
     HybridRetriever.load(index, embedder)
+
+
+def test_hnsw_and_weighted_fusion_are_reachable_from_the_scripts(tmp_path):
+    import json
+
+    from tests.conftest import ROOT, run_script
+
+    index = tmp_path / "idx"
+    res = run_script("build_index.py", str(ROOT / "data" / "knowledge"), "--index", str(index), "--index-type", "hnsw",
+                     "--fusion", "weighted", "--fusion-weight", "0.7")
+    assert res.returncode == 0, res.stderr.decode()[-1500:]
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert (manifest["index_type"], manifest["fusion"], manifest["weight"]) == ("hnsw", "weighted", 0.7)
+    bad = run_script("chat.py", "--model", "no-such-model", "--rag", str(index), "--fusion-weight", "2")
+    assert bad.returncode == 2 and "--fusion-weight must be between 0 and 1" in bad.stderr.decode()
+    from qwen_kit.chat.cli import ChatConfig, open_knowledge
+    from qwen_kit.retrieval.hybrid import Embedder
+
+    embedder = Embedder()
+    saved = open_knowledge([str(index)], embedder, ChatConfig())  # the index's own choices
+    assert (saved.index_type, saved.fusion, saved.weight) == ("hnsw", "weighted", 0.7)
+    flat = open_knowledge([str(index)], embedder, ChatConfig(index_type="flat", fusion="rrf"))  # the flags win
+    assert (flat.index_type, flat.fusion) == ("flat", "rrf")
+    hits = flat.search("When does the library close on weekdays?", k=3)
+    assert hits and hits[0].chunk.file == "library.md"
