@@ -208,7 +208,7 @@ def test_the_training_callback_records_benchmark_scores(tiny, tiny_qwen_dir, tmp
     assert sum(len(v) for v in cb.items.values()) == 4
 
 
-def test_make_eval_runs_opencompass_with_the_six_configs():
+def test_make_eval_passes_its_variables_and_builds_the_six_config_command():
     out = make_dry_run("eval", "MODEL=Qwen/Qwen2.5-0.5B", "GPUS=0", "WORKERS=4")
     line = next(ln for ln in out.splitlines() if "scripts/opencompass_eval.py" in ln)
     assert "Qwen/Qwen2.5-0.5B" in line and "--workers 4" in line and "--gpus 0" in line

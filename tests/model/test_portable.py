@@ -128,7 +128,7 @@ def test_loading_a_folder_another_reader_would_misread_warns(tiny_qwen_dir, tmp_
     assert "would read" not in capsys.readouterr().err
 
 
-def test_make_eval_refuses_a_folder_opencompass_would_misread(tiny_qwen_dir, tmp_path):
+def test_the_eval_wrapper_make_eval_runs_refuses_a_folder_opencompass_would_misread(tiny_qwen_dir, tmp_path):
     old = _saved_the_old_way(tiny_qwen_dir, tmp_path / "old")
     res = run_script("opencompass_eval.py", str(old), "--datasets", str(ROOT / "tests/eval/reference/mcq_small.jsonl"),
                      "--out", str(tmp_path / "oc"))

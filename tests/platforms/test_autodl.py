@@ -102,7 +102,7 @@ def _make_dry_run(*args: str) -> str:
 
 
 @pytest.mark.parametrize("gpus", ["6", "2"])
-def test_make_autodl_lora_launches_one_process_per_gpu(gpus):
+def test_make_autodl_lora_asks_torchrun_for_one_process_per_gpu(gpus):
     out = _make_dry_run("autodl-lora", f"GPUS={gpus}", "MODEL=qwen2.5-3b")
     assert "torchrun" in out and f"--nproc_per_node={gpus}" in out
     assert "scripts/sft.py --config configs/lora_qwen2.5_3b.yaml" in out

@@ -273,7 +273,7 @@ def test_the_lora_job_uses_both_t4s_through_torchrun(tmp_path):
     assert res.returncode == 0, res.stderr.decode()
 
 
-def test_make_sft_launches_one_process_per_visible_gpu(tmp_path):
+def test_make_sft_asks_torchrun_for_one_process_per_visible_gpu(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
     smi = fake / "nvidia-smi"

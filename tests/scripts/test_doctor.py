@@ -31,5 +31,5 @@ def test_doctor_checks_this_machine_and_writes_its_report(tmp_path):
     assert report["seconds"] < 120 and "checks, 0 failed" in out
 
 
-def test_make_doctor_runs_the_script():
+def test_make_doctor_passes_its_arguments():
     assert "scripts/doctor.py --report r.json" in make_dry_run("doctor", "ARGS=--report r.json")
