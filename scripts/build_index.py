@@ -25,8 +25,9 @@ def main() -> None:
     p.add_argument("--overlap", type=int, default=40, help="tokens carried over between chunks")
     p.add_argument("--fusion", default="rrf", choices=["rrf", "weighted"], help="saved as the index's default fusion")
     p.add_argument("--fusion-weight", type=float, default=0.5, help="with --fusion weighted: the dense side's share")
-    p.add_argument("--index-type", default="flat", choices=["flat", "hnsw"],
-                   help="saved as the index's FAISS type: flat (exact) or hnsw (approximate)")
+    p.add_argument("--index-type", default="auto", choices=["auto", "flat", "hnsw"],
+                   help="saved as the index's FAISS type: auto (exact below 20,000 chunks, HNSW from there), "
+                        "flat (exact) or hnsw (approximate)")
     a = p.parse_args()
 
     def job() -> None:

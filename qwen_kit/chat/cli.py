@@ -44,7 +44,7 @@ class ChatConfig:
     persona: str | None = None
     fusion: str | None = None  # rrf or weighted; None: a saved index's own, else rrf
     fusion_weight: float | None = None  # weighted fusion: the dense side's share (default 0.5)
-    index_type: str | None = None  # flat (exact) or hnsw (approximate); None: a saved index's own, else flat
+    index_type: str | None = None  # auto, flat or hnsw; None: a saved index's own, else auto
     persona_layout: str = "second"
     greeting: str = "0"  # 0: the greeting; N: the N-th alternate greeting; random
     memory: bool = False

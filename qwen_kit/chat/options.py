@@ -43,8 +43,9 @@ def add_retrieval_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
                    help="how BM25 and dense ranks combine: reciprocal-rank fusion (default), or min-max "
                         "scores weighted (a saved index's own choice when not given)")
     k.add_argument("--fusion-weight", type=float, help="with --fusion weighted: the dense side's share (0..1, default 0.5)")
-    k.add_argument("--index-type", choices=["flat", "hnsw"],
-                   help="FAISS index: flat (exact, default) or hnsw (approximate, for very large corpora)")
+    k.add_argument("--index-type", choices=["auto", "flat", "hnsw"],
+                   help="FAISS index: auto (default: exact below 20,000 chunks, HNSW from there, the measured "
+                        "crossover), flat (always exact) or hnsw (approximate)")
     k.add_argument("--context-in", default=ChatConfig.context_in, choices=["user", "system"],
                    help="where retrieved text goes: quoted in the user turn (scored best, docs/knowledge.md) "
                         "or the system message")

@@ -30,6 +30,7 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
 RRF_K = 60
 ENGLISH_ONLY = ("all-minilm", "all-mpnet", "bge-small-en", "bge-base-en", "bge-large-en", "e5-small-v2", "gte-small")
+HNSW_FROM = 20_000  # auto index type: the measured crossover (bench/bench_retrieval.py)
 INDEX_VERSION = 2  # 2: vectors.npy + sha256 of every file (1 kept vectors in a FAISS file)
 
 # Query prefixes some embedders were trained with (documents get none).
@@ -105,11 +106,11 @@ class Hit:
 class HybridRetriever:
     """Chunks plus their BM25 tokens and embeddings; search by BM25, dense or both."""
 
-    def __init__(self, embedder: Embedder, fusion: str = "rrf", weight: float = 0.5, index_type: str = "flat"):
+    def __init__(self, embedder: Embedder, fusion: str = "rrf", weight: float = 0.5, index_type: str = "auto"):
         if fusion not in ("rrf", "weighted"):
             raise UserError(f"fusion must be rrf or weighted, got {fusion!r}")
-        if index_type not in ("flat", "hnsw"):
-            raise UserError(f"index type must be flat or hnsw, got {index_type!r}")
+        if index_type not in ("auto", "flat", "hnsw"):
+            raise UserError(f"index type must be auto, flat or hnsw, got {index_type!r}")
         self.embedder, self.fusion, self.weight, self.index_type = embedder, fusion, weight, index_type
         self.chunks: list[Chunk] = []
         self.tokens: list[list[str]] = []
@@ -154,6 +155,13 @@ class HybridRetriever:
             self.file_hashes.pop(f, None)
         self._bm25 = self._faiss = None
 
+    def dense_kind(self) -> str:
+        """The FAISS index searched: ``auto`` is exact (flat) below HNSW_FROM chunks and HNSW
+        from there (docs/benchmarks.md: equal at 10k, HNSW 21 % faster at 30k on 2 cores)."""
+        if self.index_type != "auto":
+            return self.index_type
+        return "hnsw" if len(self.chunks) >= HNSW_FROM else "flat"
+
     def _ensure(self) -> None:
         if self._bm25 is None and self.chunks:
             self._bm25 = BM25Index()
@@ -161,7 +169,7 @@ class HybridRetriever:
         if self._faiss is None and self.chunks:
             import faiss
 
-            if self.index_type == "hnsw":
+            if self.dense_kind() == "hnsw":
                 index = faiss.IndexHNSWFlat(self.vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
                 index.hnsw.efSearch = 128
             else:
@@ -276,7 +284,7 @@ class HybridRetriever:
                             f"{manifest.get('embedder')}")
         r = cls(embedder, fusion=kw.get("fusion", manifest.get("fusion", "rrf")),
                 weight=kw.get("weight", manifest.get("weight", 0.5)),
-                index_type=kw.get("index_type", manifest.get("index_type", "flat")))
+                index_type=kw.get("index_type", manifest.get("index_type", "auto")))
         rows = [json.loads(line) for line in open(folder / "chunks.jsonl", encoding="utf-8") if line.strip()]
         r.tokens = [row.pop("tokens") for row in rows]
         r.chunks = [Chunk(**row) for row in rows]

@@ -198,3 +198,29 @@ def test_hnsw_and_weighted_fusion_are_reachable_from_the_scripts(tmp_path):
     assert (flat.index_type, flat.fusion) == ("flat", "rrf")
     hits = flat.search("When does the library close on weekdays?", k=3)
     assert hits and hits[0].chunk.file == "library.md"
+
+
+def test_the_default_index_is_exact_below_the_measured_crossover_and_hnsw_above(embedder):
+    import numpy as np
+
+    from qwen_kit.retrieval.chunking import Chunk
+    from qwen_kit.retrieval.hybrid import HNSW_FROM, HybridRetriever
+
+    rng = np.random.default_rng(0)
+
+    def retriever(n):
+        vectors = rng.standard_normal((n, embedder.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        r = HybridRetriever(embedder)  # the default, as chat.py and build_index.py use it
+        r.add([Chunk(f"d#{i}", "d", i, "", f"note {i}") for i in range(n)], vectors=vectors)
+        return r, vectors
+
+    small, _ = retriever(HNSW_FROM - 1)
+    large, vectors = retriever(HNSW_FROM)
+    assert small.dense_kind() == "flat" and large.dense_kind() == "hnsw"
+    small.search("note 7", k=3)  # builds each FAISS index
+    large.search("note 7", k=3)
+    assert type(small._faiss).__name__ == "IndexFlatIP" and type(large._faiss).__name__ == "IndexHNSWFlat"
+    # approximate, but it finds a stored vector's own row
+    found = large._faiss.search(vectors[123:124], 1)[1][0][0]
+    assert found == 123
