@@ -36,10 +36,11 @@ def small_model(folder: Path, hidden: int, layers: int) -> Path:
 
     tok = AutoTokenizer.from_pretrained(resolve_model("demo").path)
     torch.manual_seed(0)
+    from qwen_kit.testing.tiny import QWEN25_05B
+
     cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
-                      num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 256), rope_theta=1e6,
-                      max_position_embeddings=4096, tie_word_embeddings=True,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                      num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 256),
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **QWEN25_05B)
     return save_model(Qwen2ForCausalLM(cfg), folder, tok)
 
 

@@ -93,8 +93,9 @@ def _random_model(on_gpu: bool, attn: str, dtype: Any, vocab: int = 1280):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=vocab, head_dim=64, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                      max_position_embeddings=32768, use_cache=False, **_shape(on_gpu))
+    from qwen_kit.testing.tiny import QWEN25_05B
+
+    cfg = Qwen2Config(vocab_size=vocab, use_cache=False, **QWEN25_05B, **_shape(on_gpu))
     cfg._attn_implementation = attn
     model = Qwen2ForCausalLM(cfg).to(dtype)
     return model.to("cuda" if on_gpu else "cpu")
