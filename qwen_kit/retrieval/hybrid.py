@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qwen_kit.errors import UserError
+from qwen_kit.fetch import sha256_of
 from qwen_kit.retrieval.bm25 import BM25Index
 from qwen_kit.retrieval.chunking import Chunk
 
@@ -248,7 +249,7 @@ class HybridRetriever:
         manifest = {"version": INDEX_VERSION, "embedder": self.embedder.name, "dim": int(self.vectors.shape[1]),
                     "chunks": len(self.chunks), "files": self.file_hashes, "fusion": self.fusion, "weight": self.weight,
                     "index_type": self.index_type,
-                    "sha256": {name: _sha256(folder / name) for name in ("vectors.npy", "chunks.jsonl")}}
+                    "sha256": {name: sha256_of(folder / name) for name in ("vectors.npy", "chunks.jsonl")}}
         (folder / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
         (folder / "vectors.faiss").unlink(missing_ok=True)  # an earlier version's file, never read again
 
@@ -273,7 +274,7 @@ class HybridRetriever:
                             f"no longer deserialises); {rebuild}")
         for name, digest in (manifest.get("sha256") or {}).items():
             if name not in ("vectors.npy", "chunks.jsonl") or not (folder / name).is_file() \
-                    or _sha256(folder / name) != digest:
+                    or sha256_of(folder / name) != digest:
                 raise UntrustedIndex(f"index {folder}: {name} is not the file the kit wrote (changed, truncated or "
                                 f"swapped); {rebuild}")
         if set(manifest.get("sha256") or {}) != {"vectors.npy", "chunks.jsonl"}:
@@ -298,14 +299,6 @@ class HybridRetriever:
 
 class UntrustedIndex(UserError):
     """An index folder the kit did not write as it is now (older format, changed files)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _embed_text(c: Chunk) -> str:
