@@ -58,7 +58,7 @@ KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)
 
 .DEFAULT_GOAL := help
 
-.PHONY: trl-venv bench-trl
+.PHONY: trl-venv bench-trl serve bench-serve
 .PHONY: help venv demo chat webui browser doctor test test-fast test-latest lock upgrade tf4-venv portable check-model bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
 	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
 
@@ -91,6 +91,12 @@ webui: $(STAMP) ## browser chat over MODEL, offering KB and PERSONAS (HOST= PORT
 	$(PY) scripts/webui.py --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) $(foreach k,$(KB),--kb $(k)) \
 		$(foreach p,$(PERSONAS),--personas $(p)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) \
 		$(if $(AUTH_FILE),--auth-file $(AUTH_FILE)) $(if $(AUTH),--auth $(AUTH)) $(ARGS)
+
+serve: $(STAMP) ## OpenAI-compatible API over MODEL with KB and PERSONAS (BACKEND=vllm|openai BASE_URL= HOST= PORT= KEY_FILE=)
+	$(PY) scripts/serve.py --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) $(foreach k,$(KB),--kb $(k)) \
+		$(foreach p,$(PERSONAS),--personas $(p)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) \
+		$(if $(BACKEND),--backend $(BACKEND)) $(if $(BASE_URL),--base-url $(BASE_URL)) \
+		$(if $(KEY_FILE),--api-key-file $(KEY_FILE)) $(ARGS)
 
 sft: $(STAMP) ## fine-tune with CONFIG on GPUS devices (ARGS adds flags, e.g. ARGS="--resume latest")
 	$(LAUNCH) scripts/sft.py --config $(CONFIG) $(ARGS)

@@ -16,8 +16,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from qwen_kit.chat.cli import ChatConfig  # noqa: E402
-from qwen_kit.chat.options import (add_generation_options, add_model_options,  # noqa: E402
-                                   add_persona_memory_options, add_retrieval_options)
+from qwen_kit.chat.options import (add_backend_options, add_generation_options,  # noqa: E402
+                                   add_model_options, add_persona_memory_options, add_retrieval_options)
 from qwen_kit.entry import run_cli  # noqa: E402
 
 
@@ -26,6 +26,7 @@ def parse_args(argv: list[str] | None = None):
 
     p = argparse.ArgumentParser(description="Browser chat over the qwen_kit chat engine (Gradio).")
     add_model_options(p)
+    add_backend_options(p)
     add_generation_options(p)
     k = add_retrieval_options(p)
     k.add_argument("--kb", action="append", default=[], metavar="DOCS_OR_INDEX",

@@ -51,6 +51,10 @@ class ChatConfig:
     memory_file: str | None = None
     user: str = "default"
     memory_top_k: int = 3
+    backend: str = "transformers"  # transformers (embedded), vllm, or openai (a remote server)
+    base_url: str | None = None  # --backend openai: the server's /v1 address
+    api_model: str | None = None  # --backend openai: the remote model's name (default: its first)
+    tensor_parallel: int = 1  # --backend vllm: GPUs per model
 
 
 @dataclass
@@ -90,8 +94,17 @@ def build_chat(cfg: ChatConfig) -> Chat:
 
 
 def load_chat_model(cfg: ChatConfig) -> Any:
-    """The model and tokenizer ``cfg`` names (the demo model when no default can be had)."""
+    """The model and tokenizer ``cfg`` names (the demo model when no default can be had).
+    With ``--backend openai`` only a tokenizer is loaded (for the prompt budget), or none."""
     search_options(cfg)  # a bad search flag fails before minutes of loading
+    if cfg.backend == "openai":
+        from qwen_kit.chat.backends import remote_model
+
+        return remote_model(cfg)
+    if cfg.backend == "vllm":
+        from qwen_kit.serve.vllm import load_for_vllm
+
+        return load_for_vllm(cfg)
     name = cfg.model
     if name is None:
         name = default_chat_model()
@@ -111,7 +124,8 @@ def generation_settings(cfg: ChatConfig) -> GenerationSettings:
 
 def context_budget(cfg: ChatConfig, loaded: Any) -> tuple[int, int]:
     """``(max_context, prompt budget)``: the budget is what is left after the answer's room."""
-    max_context = cfg.max_context or min(4096, getattr(loaded.model.config, "max_position_embeddings", 4096))
+    limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", 4096) or 4096
+    max_context = cfg.max_context or min(4096, limit)
     return max_context, max_context - cfg.max_new_tokens
 
 
@@ -153,9 +167,11 @@ def open_memory(cfg: ChatConfig, embedder: Any, tokenizer: Any, budget: int) -> 
 
 
 def assemble_chat(cfg: ChatConfig, loaded: Any, *, persona: Any = None, persona_knowledge: Any = None,
-                  knowledge: Any = None, memory: Any = None) -> Chat:
+                  knowledge: Any = None, memory: Any = None, backend: Any = None) -> Chat:
     """A new conversation over an already loaded model, with already opened retrievers and
-    memory (the web UI shares them between its conversations; the terminal has one)."""
+    memory (the web UI and the API server share them between their conversations; the
+    terminal has one). ``backend``: where the text is generated (None: ``loaded``'s model,
+    one reply at a time; see :mod:`qwen_kit.chat.backends`)."""
     from qwen_kit.chat.engine import combine_contexts
     from qwen_kit.chat.knowledge import KnowledgeContext
 
@@ -180,6 +196,7 @@ def assemble_chat(cfg: ChatConfig, loaded: Any, *, persona: Any = None, persona_
     engine = ChatEngine(loaded.model, loaded.tokenizer, system=system, settings=settings,
                         max_context=max_context, eos_token_ids=loaded.eos_token_ids,
                         context_fn=combine_contexts(*sources), context_placement=cfg.context_in,
+                        backend=backend if backend is not None else getattr(loaded, "backend", None),
                         on_evict=memory.remember if memory is not None else None,
                         on_round=memory.record_round if memory is not None else None)
     if persona is not None and (opening := persona.opening(user_name, cfg.greeting)) is not None:

@@ -24,6 +24,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.05
     greedy: bool = False
     seed: int | None = None
+    ignore_eos: bool = False  # keep going past end ids until max_new_tokens (benchmarks; vLLM's field)
 
     def generate_kwargs(self) -> dict[str, Any]:
         if self.greedy:
@@ -46,6 +47,7 @@ class TurnStats:
     total_s: float = 0.0
     stopped_at_eos: bool = False
     last_token_id: int | None = None
+    finish_reason: str | None = None  # stop (end id or stop string), length, cancelled
 
 
 class _PieceStreamer:
@@ -107,8 +109,10 @@ class Turn:
     the next token and records the reply as far as it got."""
 
     def __init__(self, engine: "ChatEngine", user_text: str, prompt: str, prompt_tokens: int,
-                 extras: dict[str, Any]):
+                 extras: dict[str, Any], messages: list[dict[str, str]] | None = None):
         self.engine, self.user_text, self.prompt = engine, user_text, prompt
+        self.messages = messages or []  # what a remote backend is sent instead of the prompt text
+        self.stop: list[str] = []  # stop strings (the API's "stop"): the reply ends before any of them
         self.stats = TurnStats(prompt_tokens=prompt_tokens)
         self.extras = extras
         self.text = ""
@@ -118,13 +122,36 @@ class Turn:
         import torch
 
         engine = self.engine
-        start = time.perf_counter()
 
         def collect(piece: str) -> None:
             self.text += piece
             on_piece(piece)
 
-        streamer = _PieceStreamer(engine.tokenizer, self.stats, start, collect)
+        if engine.backend is not None:
+            try:
+                self.stats.finish_reason = engine.backend.generate(self.prompt, self.messages, engine.settings,
+                                                                   self.stop, self.stopped, collect, self.stats)
+            except GenerationFailed:
+                raise
+            except Exception as err:
+                raise GenerationFailed(f"generation failed: {type(err).__name__}: {err}") from err
+            return
+        start = time.perf_counter()
+        if self.stop:
+            from qwen_kit.chat.backends import StopFilter
+
+            sink = StopFilter(self.stop, collect)
+
+            def collect_until_stop(piece: str) -> None:
+                sink.feed(piece)
+                if sink.hit:
+                    self.stopped.set()
+
+            streamer = _PieceStreamer(engine.tokenizer, self.stats, start, collect_until_stop)
+        else:
+            sink, streamer = None, None
+
+        streamer = streamer or _PieceStreamer(engine.tokenizer, self.stats, start, collect)
         inputs = engine.tokenizer(self.prompt, return_tensors="pt", add_special_tokens=False).to(engine.device)
         if engine.settings.seed is not None:
             torch.manual_seed(engine.settings.seed)
@@ -137,9 +164,13 @@ class Turn:
             raise GenerationFailed(f"generation failed: {type(err).__name__}: {err}") from err
         finally:
             self.stats.total_s = time.perf_counter() - start
+        if sink is not None and not sink.hit:
+            sink.flush()
+        self.stats.stopped_at_eos = self.stats.last_token_id in self.engine.eos_token_ids
+        self.stats.finish_reason = ("stop" if self.stats.stopped_at_eos or (sink is not None and sink.hit) else
+                                    "cancelled" if self.stopped.is_set() else "length")
 
     def _finish(self) -> None:
-        self.stats.stopped_at_eos = self.stats.last_token_id in self.engine.eos_token_ids
         self.engine._record(Round(self.user_text, self.text.strip(), time.time(), dict(self.extras)))
 
     def complete(self, text: str) -> None:
@@ -211,6 +242,7 @@ class ChatEngine:
     on_round: Callable[[Round], None] | None = None
     context_fn: Callable[[str, list[Round]], tuple[str, dict[str, Any]]] | None = None
     context_placement: str = "system"  # or "user": retrieved text quoted before the question
+    backend: Any = None  # None: this process's model, one reply at a time (qwen_kit.chat.backends)
     rounds: list[Round] = field(default_factory=list)
     window_start: int = 0  # rounds before this index have left the prompt for good
 
@@ -256,6 +288,7 @@ class ChatEngine:
                     system = f"{system}\n\n{extra_text}" if system else extra_text
             window = self.rounds[self.window_start:]
             first, prompt, n = fit_rounds(self.tokenizer, system, window, message, self.budget)
+            messages = build_messages(system, window[first:], message)
             if not first:
                 break
             self.window_start += first
@@ -266,7 +299,7 @@ class ChatEngine:
                 if self.context_fn is not None and attempt == 0:
                     continue
             break
-        return Turn(self, user_text, prompt, n, extras)
+        return Turn(self, user_text, prompt, n, extras, messages)
 
     def reply(self, user_text: str) -> str:
         """Generate the whole reply at once (no streaming)."""

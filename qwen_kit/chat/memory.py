@@ -272,7 +272,11 @@ class LongTermMemory:
         return [(self.records[h.chunk.id], h.score) for h in hits if h.chunk.id in self.records]
 
     def __call__(self, user_text: str, recent: Sequence[Round]) -> tuple[str, dict[str, Any]]:
-        found = self.search(user_text)
+        # a round the prompt already holds is not recalled again (an API client sends its whole
+        # history with each request; that history may hold rounds the memory also keeps)
+        present = {(r.user.strip(), r.assistant.strip()) for r in recent}
+        found = [(record, score) for record, score in self.search(user_text, self.top_k + len(present))
+                 if (record.user_text.strip(), record.reply.strip()) not in present][:self.top_k]
         lines, used, picked = [], count_tokens(self.tokenizer, HEADER), []
         for record, score in found:  # best first: a long memory is shortened to what is left
             room = self.max_tokens - used

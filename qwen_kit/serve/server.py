@@ -1,0 +1,489 @@
+"""The OpenAI-compatible API server: ``/v1/chat/completions`` (streamed with SSE, or whole),
+``/v1/models`` and ``/health``, over the kit's chat pipeline.
+
+Every request goes through the same pipeline as the terminal and the web page
+(:func:`~qwen_kit.chat.cli.assemble_chat`: prompt, knowledge base, persona, memory) and the
+same backend as the web page (the continuous batcher by default), so requests that arrive
+together are generated together.
+
+Choosing the pipeline: the ``model`` field names it (``/v1/models`` lists them): the plain
+model, ``kb:NAME`` (a knowledge base given with ``--kb``), ``persona:NAME`` (a persona file
+given with ``--personas``), joined with ``+`` (``persona:wen+kb:campus+memory``); or the
+request's ``qwen_kit`` object: ``{"knowledge": NAME, "persona": NAME, "memory": true}``.
+``user`` (OpenAI's field) says whose memories are used. Sources and recalled memories come
+back in a ``qwen_kit`` field, which ordinary clients ignore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from qwen_kit.errors import UserError
+from qwen_kit.webui.service import WebChatService, WebConfig, is_loopback
+
+API_KEYS_ENV = "QWEN_KIT_API_KEYS"  # KEY or NAME:KEY, several separated by commas
+DEFAULT_PORT = 8000  # vLLM's and most OpenAI-compatible servers'; AutoDL: 6006 (its forwarded port)
+
+
+@dataclass
+class ServeConfig(WebConfig):
+    """Everything ``scripts/serve.py`` accepts besides the chat's own flags."""
+
+    api_key_file: str | None = None
+    served_name: str | None = None  # the plain model's name in /v1/models (default: the model's)
+    max_batch: int = 8  # requests generated together (transformers backend)
+    keys: list[tuple[str | None, str]] = field(default_factory=list)  # filled by read_api_keys
+
+
+class ApiError(Exception):
+    """An error the client gets in OpenAI's JSON shape."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+# -- keys and address ---------------------------------------------------------------------------
+def _key_entry(text: str) -> tuple[str | None, str]:
+    name, sep, key = text.strip().rpartition(":")
+    return (name or None, key) if sep else (None, text.strip())
+
+
+def read_api_keys(cfg: ServeConfig) -> list[tuple[str | None, str]]:
+    """``(name, key)`` pairs from ``--api-key-file`` (one ``KEY`` or ``NAME:KEY`` per line) or the
+    ``QWEN_KIT_API_KEYS`` variable (comma-separated). Never from argv: it shows in ``ps``."""
+    from qwen_kit.privacy import warn_if_shared
+
+    if cfg.api_key_file:
+        path = Path(cfg.api_key_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"--api-key-file {path}: no such file; write one KEY (or NAME:KEY) per line into it")
+        warn_if_shared(path)
+        keys = [_key_entry(line) for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+        where = str(path)
+    else:
+        keys = [_key_entry(part) for part in os.environ.get(API_KEYS_ENV, "").split(",") if part.strip()]
+        where = API_KEYS_ENV
+    for n, (_, key) in enumerate(keys, start=1):
+        if len(key) < 8:
+            raise UserError(f"{where} entry {n}: a key of {len(key)} characters is too easy to guess; use at least 8 "
+                            "(python -c 'import secrets; print(secrets.token_urlsafe(24))')")
+    return keys
+
+
+def serve_address(cfg: ServeConfig, keys: list[tuple[str | None, str]], platform: Any = None) -> tuple[str, int]:
+    """Where to listen; refuses an API that others can reach without a key (the web page's rule)."""
+    if platform is None:
+        from platforms import current_platform
+
+        platform = current_platform()
+    default_host, web_port = platform.webui_address()
+    host = cfg.host or default_host
+    port = cfg.port or (web_port if not is_loopback(default_host) else DEFAULT_PORT)
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    if cfg.no_auth and keys:
+        raise UserError(f"give API keys (--api-key-file or {API_KEYS_ENV}) or --no-auth, not both")
+    if not is_loopback(host) and not keys and not cfg.no_auth:
+        raise UserError(f"--host {host} lets other machines reach the API; give keys with --api-key-file FILE "
+                        f"(one KEY or NAME:KEY per line) or {API_KEYS_ENV}=KEY (or --no-auth if you really want it open)")
+    return host, port
+
+
+# -- requests -----------------------------------------------------------------------------------
+@dataclass
+class Pipeline:
+    persona: str | None = None  # a persona label of the service
+    knowledge: str | None = None  # a knowledge-base label of the service
+    memory: bool = False
+
+
+def _text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ApiError(400, f"{where}: only text content parts are supported", param="messages")
+            parts.append(part["text"])
+        return "".join(parts)
+    if content is None:
+        return ""
+    raise ApiError(400, f"{where}.content must be a string or a list of text parts", param="messages")
+
+
+def parse_messages(messages: Any) -> tuple[str | None, list[Any], str]:
+    """``(system text or None, earlier rounds, the new user message)`` from OpenAI messages."""
+    from qwen_kit.chat.prompt import Round
+
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
+    system: list[str] = []
+    rounds: list[Round] = []
+    user: list[str] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m:
+            raise ApiError(400, f"messages[{i}] must be an object with 'role' and 'content'", param="messages")
+        role, text = m["role"], _text(m.get("content"), f"messages[{i}]")
+        if role in ("system", "developer"):
+            system.append(text)
+        elif role == "user":
+            user.append(text)
+        elif role == "assistant":
+            rounds.append(Round("\n".join(user), text))
+            user = []
+        else:
+            raise ApiError(400, f"messages[{i}]: role {role!r} is not supported (system, user, assistant)",
+                           param="messages")
+    if not user:
+        raise ApiError(400, "the last message must come from the user", param="messages")
+    return ("\n\n".join(system) if system else None), rounds, "\n".join(user)
+
+
+def _number(body: dict[str, Any], name: str, kind: type, low: float, high: float) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        raise ApiError(400, f"'{name}' must be a number", param=name)
+    if not low <= value <= high:
+        raise ApiError(400, f"'{name}' must be between {low} and {high}, got {value}", param=name)
+    return kind(value)
+
+
+class ApiService:
+    """The pipeline's shared parts (model, backend, knowledge bases, personas, memories: the web
+    page's :class:`WebChatService`) and the API's naming of them."""
+
+    def __init__(self, cfg: ServeConfig, web: WebChatService, backend: Any):
+        self.cfg, self.web, self.backend = cfg, web, backend
+        ref = web.loaded.ref
+        # a folder is served by its own name (outputs/sft/final -> final), a hub id as it is
+        self.base_name = cfg.served_name or (Path(ref.name).name if getattr(ref, "source", "") == "folder" else ref.name)
+        self.kb_names = {f"kb:{label}": label for label in web.knowledge}
+        self.persona_names: dict[str, str] = {}
+        for label, persona in web.personas.items():
+            stem = label.rsplit("(", 1)[-1].rstrip(")").rsplit(".", 1)[0]  # "Wen (wen.yaml)" -> wen
+            self.persona_names[f"persona:{stem}"] = label
+        self.keys = cfg.keys
+        self.cancelled = 0
+        self.started = time.time()
+
+    def model_ids(self) -> list[str]:
+        return [self.base_name, *self.kb_names, *self.persona_names]
+
+    def pipeline(self, model: Any, extra: Any) -> Pipeline:
+        if not isinstance(model, str) or not model:
+            raise ApiError(400, "'model' must name one of /v1/models", param="model")
+        p = Pipeline(memory=self.cfg.memory)
+        for part in model.split("+"):
+            if part in (self.base_name, "default"):
+                continue
+            if part == "memory":
+                p.memory = True
+            elif part in self.kb_names:
+                p.knowledge = self.kb_names[part]
+            elif part in self.persona_names:
+                p.persona = self.persona_names[part]
+            else:
+                raise ApiError(404, f"model {model!r}: {part!r} is not served here; GET /v1/models lists "
+                               f"{', '.join(self.model_ids())} (join them with +, and +memory)",
+                               param="model", code="model_not_found")
+        if extra is not None:
+            if not isinstance(extra, dict):
+                raise ApiError(400, "'qwen_kit' must be an object", param="qwen_kit")
+            if extra.get("knowledge") is not None:
+                name = extra["knowledge"]
+                p.knowledge = self.kb_names.get(f"kb:{name}") or self._fail(f"knowledge base {name!r}", self.kb_names)
+            if extra.get("persona") is not None:
+                name = extra["persona"]
+                p.persona = (self.persona_names.get(f"persona:{name}")
+                             or self._fail(f"persona {name!r}", self.persona_names))
+            if extra.get("memory") is not None:
+                p.memory = bool(extra["memory"])
+        return p
+
+    @staticmethod
+    def _fail(what: str, offered: dict[str, str]) -> str:
+        names = ", ".join(k.split(":", 1)[1] for k in offered) or "none"
+        raise ApiError(404, f"{what} is not served here (served: {names})", param="qwen_kit", code="model_not_found")
+
+    def memory_user(self, login: str | None, user: Any) -> str:
+        if user is not None and not isinstance(user, str):
+            raise ApiError(400, "'user' must be a string", param="user")
+        user = (user or "").strip()
+        if login:  # a named key's holder sees only their own memories, whatever 'user' says
+            return f"{login}/{user}" if user else login
+        return user or self.cfg.chat.user
+
+    def prepare(self, body: dict[str, Any], login: str | None) -> tuple[Any, Any, Pipeline]:
+        """Parse and check a request; build its conversation; return ``(turn, chat, pipeline)``."""
+        from qwen_kit.chat.cli import assemble_chat
+        from qwen_kit.chat.prompt import ContextOverflow
+
+        web = self.web
+        pipeline = self.pipeline(body.get("model"), body.get("qwen_kit"))
+        system, rounds, message = parse_messages(body.get("messages"))
+        if body.get("n", 1) != 1:
+            raise ApiError(400, "'n' other than 1 is not supported", param="n")
+        if body.get("tools") or body.get("functions"):
+            raise ApiError(400, "tool calls are not supported by this server", param="tools")
+        stop = body.get("stop")
+        stop = [stop] if isinstance(stop, str) else (stop or [])
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 16:
+            raise ApiError(400, "'stop' must be a string or a list of at most 16 strings", param="stop")
+        max_context = web.max_context
+        max_tokens = _number(body, "max_completion_tokens", int, 1, 10**9) or _number(body, "max_tokens", int, 1, 10**9)
+        if max_tokens is None:
+            max_tokens = min(self.cfg.chat.max_new_tokens, max_context // 2)
+        if max_tokens >= max_context:
+            raise ApiError(400, f"max_tokens {max_tokens} leaves no room for the prompt in this server's context of "
+                           f"{max_context} tokens", param="max_tokens", code="context_length_exceeded")
+        temperature = _number(body, "temperature", float, 0, 2)
+        top_p = _number(body, "top_p", float, 0, 1)
+        top_k = _number(body, "top_k", int, -1, 10**6)
+        penalty = _number(body, "repetition_penalty", float, 0.01, 10)
+        seed = _number(body, "seed", int, -(2**63), 2**63 - 1)
+        chat_cfg = self.cfg.chat
+        cfg = replace(chat_cfg, max_new_tokens=max_tokens, max_context=max_context,
+                      greedy=chat_cfg.greedy if temperature is None else temperature == 0,
+                      temperature=chat_cfg.temperature if not temperature else temperature,
+                      top_p=chat_cfg.top_p if top_p is None else top_p,
+                      sample_top_k=chat_cfg.sample_top_k if top_k is None else max(top_k, 0),
+                      repetition_penalty=chat_cfg.repetition_penalty if penalty is None else penalty,
+                      seed=seed if seed is not None else chat_cfg.seed)
+        persona = web.personas.get(pipeline.persona) if pipeline.persona else None
+        if system is not None and persona is not None:
+            user_name = cfg.user if cfg.user != "default" else "User"
+            system = persona.system_message(user_name, cfg.persona_layout) + "\n\n" + system
+        if system is not None:
+            cfg = replace(cfg, system=system)
+        memory_user = self.memory_user(login, body.get("user")) if pipeline.memory else None
+        with web.state_lock:
+            memory = web.memory_for(memory_user) if memory_user else None
+            try:
+                chat = assemble_chat(cfg, web.loaded, persona=persona,
+                                     persona_knowledge=web.persona_docs.get(pipeline.persona) if persona else None,
+                                     knowledge=web.knowledge.get(pipeline.knowledge) if pipeline.knowledge else None,
+                                     memory=memory, backend=self.backend)
+                engine = chat.engine
+                engine.rounds = list(rounds)  # the client's history replaces any greeting
+                engine.on_evict = None  # the client's old rounds are not new memories
+                engine.settings.ignore_eos = bool(body.get("ignore_eos"))
+                turn = engine.start_turn(message)
+            except ContextOverflow as err:
+                raise ApiError(400, f"{err} (this server's context is {max_context} tokens)", param="messages",
+                               code="context_length_exceeded") from None
+            except UserError as err:
+                raise ApiError(400, str(err)) from None
+        turn.stop = stop
+        return turn, chat, pipeline
+
+    def finished(self, turn: Any, chat: Any) -> None:
+        """After a reply: a round answered with memory on becomes searchable at once."""
+        if chat.memory is not None and chat.engine.rounds:
+            with self.web.state_lock:
+                chat.memory.remember([chat.engine.rounds[-1]])
+                chat.memory.save_index()
+        if turn.stats.finish_reason == "cancelled":
+            self.cancelled += 1
+
+
+def _extras(turn: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "sources" in turn.extras:
+        out["sources"] = turn.extras["sources"]
+    if "memories" in turn.extras:
+        out["memories"] = turn.extras["memories"]
+    return out
+
+
+def _usage(turn: Any) -> dict[str, int]:
+    p, n = turn.stats.prompt_tokens, turn.stats.new_tokens
+    return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+
+
+def _finish_reason(turn: Any) -> str:
+    return "length" if turn.stats.finish_reason == "length" else "stop"
+
+
+# -- the app ------------------------------------------------------------------------------------
+def create_app(api: ApiService) -> Any:
+    app = FastAPI(title="qwen_kit", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def error(err: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+    def login(request: Request) -> str | None:
+        """The key's name, or None; raises 401 for a missing or wrong key when keys are set."""
+        if not api.keys:
+            return None
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            for name, key in api.keys:
+                if hmac.compare_digest(token.strip().encode(), key.encode()):
+                    return name
+        raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", kind="authentication_error",
+                       code="invalid_api_key")
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, err: ApiError) -> JSONResponse:
+        return error(err)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        batcher = getattr(api.backend, "batcher", None)
+        return {"status": "ok", "model": api.base_name, "backend": getattr(api.backend, "name", "?"),
+                "generating": getattr(batcher, "active", None),
+                "waiting": batcher._waiting.qsize() if batcher is not None else None,
+                "cancelled": api.cancelled}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        login(request)
+        created = int(api.started)
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "qwen_kit"}
+                                           for name in api.model_ids()]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        who = login(request)
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError as err:
+            raise ApiError(400, f"the request body is not valid JSON ({err})") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        turn, chat, _ = await asyncio.to_thread(api.prepare, body, who)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        model = body["model"]
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(_stream(api, turn, chat, cid, created, model, include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        work = asyncio.ensure_future(asyncio.to_thread(turn.run))
+        while not work.done():  # a client that hangs up frees its slot
+            await asyncio.wait({work}, timeout=0.25)
+            if not work.done() and await request.is_disconnected():
+                turn.stopped.set()
+        try:
+            work.result()
+        except Exception as err:  # GenerationFailed
+            raise ApiError(500, str(err), kind="server_error") from None
+        finally:
+            api.finished(turn, chat)
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": turn.text},
+                             "finish_reason": _finish_reason(turn), "logprobs": None}],
+                "usage": _usage(turn), "qwen_kit": _extras(turn)}
+
+    return app
+
+
+async def _stream(api: ApiService, turn: Any, chat: Any, cid: str, created: int, model: str, include_usage: bool):
+    from qwen_kit.chat.engine import GenerationFailed
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:
+        data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **more}
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    def put(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(pieces.put_nowait, item)
+        except RuntimeError:  # the server's loop has closed: nobody is listening
+            pass
+
+    def work() -> None:  # one thread runs the whole turn, so a client that leaves cannot cut it short
+        try:
+            for piece in turn:
+                put(piece)
+            put(done)
+        except GenerationFailed as err:
+            put(err)
+        finally:
+            api.finished(turn, chat)
+
+    threading.Thread(target=work, name="qwen_kit-stream", daemon=True).start()
+    finished = False
+    try:
+        yield chunk({"role": "assistant", "content": ""}, qwen_kit=_extras(turn))
+        while (item := await pieces.get()) is not done:
+            if isinstance(item, GenerationFailed):
+                finished = True
+                yield f"data: {json.dumps(ApiError(500, str(item), kind='server_error').body())}\n\n"
+                return
+            yield chunk({"content": item})
+        finished = True
+        yield chunk({}, _finish_reason(turn))
+        if include_usage:
+            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
+                    "usage": _usage(turn)}
+            yield f"data: {json.dumps(data)}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        if not finished:  # the client went away: generation stops at the next token and frees the slot
+            turn.stopped.set()
+
+
+# -- running it ---------------------------------------------------------------------------------
+def build_service(cfg: ServeConfig, loaded: Any = None) -> ApiService:
+    """Load the model (or connect to the remote backend) and open the pipeline's parts."""
+    from qwen_kit.chat.backends import BatchedBackend
+
+    web = WebChatService(cfg, loaded)
+    backend = getattr(web.loaded, "backend", None)
+    if backend is None:
+        backend = BatchedBackend.for_model(web.loaded, max_batch=cfg.max_batch, max_context=web.max_context)
+    return ApiService(cfg, web, backend)
+
+
+def run_server(cfg: ServeConfig) -> int:
+    """``scripts/serve.py``: check keys and address, load, listen until Ctrl-C."""
+    import uvicorn
+
+    if cfg.max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {cfg.max_batch}")
+    cfg.keys = read_api_keys(cfg)
+    host, port = serve_address(cfg, cfg.keys)
+    from qwen_kit.webui.service import ServerAddress, check_port_free
+
+    check_port_free(ServerAddress(host, port, False, None))  # fail before minutes of loading
+    api = build_service(cfg)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {', '.join(api.model_ids())} at http://{shown}:{port}/v1 "
+          f"({'API keys required' if api.keys else 'no API key'}; backend {getattr(api.backend, 'name', '?')})",
+          file=sys.stderr)
+    try:
+        uvicorn.run(create_app(api), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        api.web.close_all()
+        batcher = getattr(api.backend, "batcher", None)
+        if batcher is not None:
+            batcher.close()
+    return 0
