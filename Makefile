@@ -231,5 +231,8 @@ doctor: $(STAMP) ## environment report + self-checks of training and chat on thi
 bench: $(STAMP) ## chat decode speed vs bare generate (writes to stdout)
 	$(PY) bench/bench_chat.py $(ARGS)
 
+bench-serve: $(STAMP) ## the API server: 8 concurrent streaming clients vs the same requests one at a time
+	$(PY) bench/bench_serve.py --model $(MODEL) $(ARGS)
+
 clean: ## remove caches and build litter (keeps .venv)
 	rm -rf .pytest_cache build *.egg-info

@@ -220,14 +220,67 @@ def check_training(on_gpu: bool, folder: Path, work: Path, gpus: int) -> list[Ch
     return checks
 
 
-def check_vllm(on_gpu: bool) -> Check:
+def check_batching(folder: Path) -> Check:
+    """The API server's continuous batcher on this hardware: requests generated together give
+    the tokens each gets alone (greedy)."""
+    import threading
+
+    from qwen_kit.model import load_model
+    from qwen_kit.serve.batching import ContinuousBatcher, Finished, Sampling
+
+    loaded = load_model(str(folder), quiet=True)
+    tok = loaded.tokenizer
+    prompts = [tok(f"<|im_start|>user\nQuestion {i}: {'why ' * i}<|im_end|>\n<|im_start|>assistant\n",
+                   add_special_tokens=False)["input_ids"] for i in range(4)]
+    batcher = ContinuousBatcher(loaded.model, tok, [], max_batch=4)
+    try:
+        def tokens(req):
+            return [t for t in req.tokens(timeout=120) if not isinstance(t, Finished)]
+
+        # seeded sampling at temperature 1: a random model's greedy reply is one token repeated,
+        # sampled replies differ from token to token, so a wrong cache or mask shows
+        def sampling(i):
+            return Sampling(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=i)
+
+        alone = [tokens(batcher.submit(p, 12, sampling(i))) for i, p in enumerate(prompts)]
+        requests, together = [], [None] * len(prompts)
+        for i, p in enumerate(prompts):
+            requests.append(batcher.submit(p, 12, sampling(i)))
+        threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, tokens(requests[i])))
+                   for i in range(len(prompts))]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    finally:
+        batcher.close()
+    same = sum(a == b for a, b in zip(alone, together))
+    status = "ok" if same == len(prompts) else "warning"
+    return Check("continuous batching", status, f"{same}/{len(prompts)} batched replies (seeded sampling) equal the reply alone "
+                 f"(largest batch {batcher.largest_batch}, {loaded.precision.dtype})")
+
+
+def check_vllm(on_gpu: bool, folder: Path | None = None) -> Check:
     if _version("vllm") is None:
         return Check("vLLM", "skipped", "vllm is not installed")
     if not on_gpu:
         return Check("vLLM", "skipped", "vllm is installed, but needs a GPU")
-    import vllm  # noqa: F401  (importing it is the check: CUDA libraries, compiled ops)
+    import threading
 
-    return Check("vLLM", "ok", f"vllm {_version('vllm')} imports")
+    import torch
+
+    from qwen_kit.chat.engine import GenerationSettings, TurnStats
+    from qwen_kit.model.load import pick_device
+    from qwen_kit.serve.vllm import VLLMBackend, engine_args
+
+    _, capability = pick_device("cuda")
+    args = engine_args(str(folder), capability=capability, gpus=torch.cuda.device_count(), max_context=512,
+                       max_batch=4, gpu_memory_utilization=0.3)
+    pieces: list[str] = []
+    stats = TurnStats()
+    reason = VLLMBackend(args).generate("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", [],
+                                        GenerationSettings(max_new_tokens=8, greedy=True, ignore_eos=True), [],
+                                        threading.Event(), pieces.append, stats)
+    return Check("vLLM", "ok" if stats.new_tokens == 8 else "failed",
+                 f"vllm {_version('vllm')}: {args['dtype']}, {stats.new_tokens} tokens generated ({reason})")
 
 
 def run_doctor(report_path: str | Path = "doctor_report.json") -> dict[str, Any]:
@@ -267,7 +320,8 @@ def run_doctor(report_path: str | Path = "doctor_report.json") -> dict[str, Any]
         trained = [Check("training throughput", "failed", f"{type(err).__name__}: {str(err)[:300]}")]
     trained[0].seconds = round(time.perf_counter() - t0, 2)
     checks += trained
-    checks.append(_timed("vLLM", lambda: check_vllm(on_gpu)))
+    checks.append(_timed("continuous batching", lambda: check_batching(folder)))
+    checks.append(_timed("vLLM", lambda: check_vllm(on_gpu, folder)))
     report = {"environment": env, "checks": [asdict(c) for c in checks],
               "seconds": round(time.perf_counter() - started, 1)}
     Path(report_path).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
