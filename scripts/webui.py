@@ -44,8 +44,11 @@ def parse_args(argv: list[str] | None = None):
     s.add_argument("--auth", metavar="USER:PASSWORD", help="a login on the command line (works, with a warning: "
                    "others can read argv)")
     s.add_argument("--no-auth", action="store_true", help="serve beyond localhost without a login")
+    s.add_argument("--max-batch", type=int, default=WebConfig.max_batch,
+                   help="conversations answered at the same time (more wait for a free slot)")
     a = vars(p.parse_args(argv))
-    web = {name: a.pop(name) for name in ("kb", "personas", "memory", "host", "port", "share", "auth", "auth_file", "no_auth")}
+    web = {name: a.pop(name) for name in ("kb", "personas", "memory", "host", "port", "share", "auth", "auth_file",
+                                          "no_auth", "max_batch")}
     web["knowledge"] = web.pop("kb")
     return WebConfig(chat=ChatConfig(**a), **web)
 

@@ -20,9 +20,11 @@ a batch as alone; on CPU in float32 the texts are identical (tests check it).
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -95,6 +97,17 @@ class BatchingStopped(RuntimeError):
     pass
 
 
+_RUNNING: "weakref.WeakSet[ContinuousBatcher]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At exit, let each scheduler thread leave its model call: a daemon thread still inside a
+    torch op when the interpreter ends aborts the process ("terminate called ...")."""
+    for batcher in list(_RUNNING):
+        batcher.close()
+
+
 class ContinuousBatcher:
     """The scheduler. ``submit`` from any thread; one thread runs the model.
 
@@ -156,6 +169,7 @@ class ContinuousBatcher:
                     raise BatchingStopped("the generation engine has been shut down")
                 self._thread = threading.Thread(target=self._loop, name="qwen_kit-batcher", daemon=True)
                 self._thread.start()
+                _RUNNING.add(self)
 
     def _loop(self) -> None:
         import torch

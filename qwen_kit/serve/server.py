@@ -44,7 +44,6 @@ class ServeConfig(WebConfig):
 
     api_key_file: str | None = None
     served_name: str | None = None  # the plain model's name in /v1/models (default: the model's)
-    max_batch: int = 8  # requests generated together (transformers backend)
     keys: list[tuple[str | None, str]] = field(default_factory=list)  # filled by read_api_keys
 
 
@@ -290,6 +289,8 @@ class ApiService:
                 engine.on_evict = None  # the client's old rounds are not new memories
                 engine.settings.ignore_eos = bool(body.get("ignore_eos"))
                 turn = engine.start_turn(message)
+                if engine.window_start:  # the oldest rounds of the client's history did not fit
+                    turn.extras["dropped_rounds"] = engine.window_start
             except ContextOverflow as err:
                 raise ApiError(400, f"{err} (this server's context is {max_context} tokens)", param="messages",
                                code="context_length_exceeded") from None
@@ -314,6 +315,8 @@ def _extras(turn: Any) -> dict[str, Any]:
         out["sources"] = turn.extras["sources"]
     if "memories" in turn.extras:
         out["memories"] = turn.extras["memories"]
+    if "dropped_rounds" in turn.extras:
+        out["dropped_rounds"] = turn.extras["dropped_rounds"]
     return out
 
 
@@ -454,21 +457,14 @@ async def _stream(api: ApiService, turn: Any, chat: Any, cid: str, created: int,
 # -- running it ---------------------------------------------------------------------------------
 def build_service(cfg: ServeConfig, loaded: Any = None) -> ApiService:
     """Load the model (or connect to the remote backend) and open the pipeline's parts."""
-    from qwen_kit.chat.backends import BatchedBackend
-
     web = WebChatService(cfg, loaded)
-    backend = getattr(web.loaded, "backend", None)
-    if backend is None:
-        backend = BatchedBackend.for_model(web.loaded, max_batch=cfg.max_batch, max_context=web.max_context)
-    return ApiService(cfg, web, backend)
+    return ApiService(cfg, web, web.backend)
 
 
 def run_server(cfg: ServeConfig) -> int:
     """``scripts/serve.py``: check keys and address, load, listen until Ctrl-C."""
     import uvicorn
 
-    if cfg.max_batch < 1:
-        raise UserError(f"--max-batch must be at least 1, got {cfg.max_batch}")
     cfg.keys = read_api_keys(cfg)
     host, port = serve_address(cfg, cfg.keys)
     from qwen_kit.webui.service import ServerAddress, check_port_free
@@ -483,7 +479,5 @@ def run_server(cfg: ServeConfig) -> int:
         uvicorn.run(create_app(api), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     finally:
         api.web.close_all()
-        batcher = getattr(api.backend, "batcher", None)
-        if batcher is not None:
-            batcher.close()
+        api.web.close_backend()
     return 0

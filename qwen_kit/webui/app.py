@@ -1,9 +1,9 @@
 """The Gradio page over :class:`~qwen_kit.webui.service.WebChatService`.
 
 Each browser tab gets its own :class:`~qwen_kit.webui.service.Conversation` (Gradio session
-state); all of them share the one model. Sending a message goes through one Gradio queue with
-a single slot (``concurrency_id="model"``), so a tab that has to wait sees its place in the
-queue on the chat itself.
+state); all of them share the one model through the continuous batcher, so tabs are answered
+at the same time, up to ``--max-batch`` of them. A tab that finds every slot taken sees a
+waiting note on the chat itself.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ try:
 except ImportError:  # the [webui] extra is not installed; run_webui says how to get it
     gr = None
 
-WAITING = "*waiting for the model: another conversation is being answered… 等待模型：正在回答另一个对话…*"
+WAITING = "*waiting for the model: every slot is answering another conversation… 等待模型：所有位置都在回答其他对话…*"
 UPDATE_S = 0.05  # streaming redraws: 20 per second looks smooth and costs little
 
 CSS = """
@@ -209,7 +209,8 @@ def build_page(service: WebChatService) -> Any:
         sending = [trigger(on_submit, [conv_state, box, *setup], [conv_state, chatbot, box], queue=False,
                            api_visibility="private")
                    .then(on_send, [conv_state, box, *setup, *sampling], [conv_state, chatbot, box],
-                         concurrency_id="model", concurrency_limit=1, show_progress="minimal", api_name="send")
+                         concurrency_id="model", concurrency_limit=service.cfg.max_batch, show_progress="minimal",
+                         api_name="send")
                    for trigger in (box.submit, send.click)]
         # the engine stops at the next token; a message still waiting in the queue is withdrawn
         stop.click(lambda: gr.update(interactive=True), None, [box], cancels=sending, queue=False,
@@ -222,7 +223,7 @@ def build_page(service: WebChatService) -> Any:
         forget.click(on_forget, [forget_id, query], [table, memory_note, forget_id], api_name="forget")
         forget_id.submit(on_forget, [forget_id, query], [table, memory_note, forget_id])
         table.select(on_pick, None, [forget_id])
-    page.queue(default_concurrency_limit=1)
+    page.queue(default_concurrency_limit=service.cfg.max_batch)
     return page
 
 
@@ -266,4 +267,5 @@ def run_webui(cfg: WebConfig) -> int:
         page.block_thread()  # until Ctrl+C
     finally:
         service.close_all()  # every open conversation's rounds go to long-term memory
+        service.close_backend()
     return 0
