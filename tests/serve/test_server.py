@@ -295,3 +295,29 @@ def test_chat_py_names_an_unreachable_server_in_one_line():
                           f"http://127.0.0.1:{port}/v1"], input="hi\n", capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and f"cannot reach http://127.0.0.1:{port}/v1" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_server_over_another_server_adds_the_knowledge_base(server, tiny, tmp_path, monkeypatch):
+    """--backend openai: this server retrieves and cites, the other one generates."""
+    from qwen_kit.chat.cli import ChatConfig
+    from qwen_kit.serve.server import ServeConfig, build_service
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    chat = ChatConfig(backend="openai", base_url=server.url, model=str(tiny.ref.path), max_new_tokens=8,
+                      memory_file=str(tmp_path / "chat_history.txt"))
+    proxy = Running(build_service(ServeConfig(chat=chat, knowledge=[str(ROOT / "data/knowledge")])), free_port())
+    try:
+        assert proxy.api.base_name == "tiny"  # the remote's own name
+        client = openai_client(proxy)
+        messages = [{"role": "user", "content": QUESTIONS[0]}]
+        r = client.chat.completions.create(model="kb:knowledge", messages=messages, temperature=0, max_tokens=6,
+                                           extra_body={"ignore_eos": True})
+        assert r.model_extra["qwen_kit"]["sources"][0]["file"].endswith("library.md")
+        assert r.usage.completion_tokens == 6 and r.choices[0].finish_reason == "length"
+        # the other server saw the question with the sources quoted in it
+        direct = openai_client(server).chat.completions.create(
+            model="tiny", messages=messages, temperature=0, max_tokens=6, extra_body={"ignore_eos": True})
+        assert direct.usage.prompt_tokens < r.usage.prompt_tokens
+    finally:
+        proxy.server.should_exit = True
+        proxy.thread.join(timeout=10)
