@@ -9,8 +9,25 @@ from typing import Callable
 from qwen_kit.errors import EXIT_USER_ERROR, UserError
 
 
+# bitsandbytes logs, at import, that its optional fast CPU kernel for 4-bit matmuls (the
+# `kernels` package, fetched from the hub) is missing. It is imported whenever it is installed:
+# sentence-transformers imports transformers.trainer_utils, which imports peft, which imports
+# bitsandbytes. So `make demo` printed it before the first prompt though nothing asked for
+# 4-bit. The message says nothing about a model the kit loads in 16 or 32 bits, and 4-bit on
+# CPU works without that kernel (tests/model/test_load.py), so the kit's scripts hide it.
+QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
+def quiet_optional_kernel_notes() -> None:
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def run_cli(main: Callable[[], int | None], prog: str = "qwen_kit") -> None:
     """Run ``main`` and turn :class:`UserError` / Ctrl-C into a clean exit."""
+    quiet_optional_kernel_notes()
     try:
         import platforms
 

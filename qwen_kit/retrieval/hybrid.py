@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ def bm25_tokens(text: str) -> list[str]:
     """Tokens for BM25: jieba search-mode words for Chinese, lowercase words for the rest."""
     import jieba
 
+    if jieba.default_logger.level < logging.WARNING:  # its dictionary-loading chatter on every start
+        jieba.setLogLevel(logging.WARNING)
     out: list[str] = []
     pos = 0
     low = text.lower()
