@@ -32,6 +32,9 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=3, help="memories recalled per turn")
     p.add_argument("--retrieval-only", action="store_true", help="score recall only; the model does not answer")
     p.add_argument("--embedder")
+    p.add_argument("--real-path", action="store_true",
+                   help="also replay it as chat.py --memory does: every default, probes left in the conversation")
+    p.add_argument("--only-real-path", action="store_true", help="only the real path")
     p.add_argument("--out", default="output/memory_eval")
     a = p.parse_args()
 
@@ -45,11 +48,20 @@ def main() -> None:
         dialogue = read_dialogue(a.dialogue)
         loaded = load_model(a.model, LoadOptions(adapter=a.adapter))
         embedder = Embedder(a.embedder)
-        results = [eval_memory(dialogue, loaded, embedder, a.max_context, a.max_new_tokens, layout,
-                               answers=not a.retrieval_only, top_k=a.top_k) for layout in a.layout]
+        results = [] if a.only_real_path else [
+            eval_memory(dialogue, loaded, embedder, a.max_context, a.max_new_tokens, layout,
+                        answers=not a.retrieval_only, top_k=a.top_k) for layout in a.layout]
+        rows, details = [r.row() for r in results], {r.layout: r.details for r in results}
+        if a.real_path or a.only_real_path:
+            from qwen_kit.chat.cli import ChatConfig
+            from qwen_kit.chat.evaluate import real_path_memory
+
+            cfg = ChatConfig(model=a.model, greedy=True, max_new_tokens=a.max_new_tokens, max_context=a.max_context)
+            real = real_path_memory(cfg, loaded, embedder, dialogue)
+            rows.append(real.row("recalled from memory"))
+            details["real path"] = real.details
         title = f"Long-term memory: {a.dialogue}, model {a.model}, context {a.max_context} tokens"
-        report = write_table(Path(a.out), "memory_eval", title, [r.row() for r in results],
-                             {r.layout: r.details for r in results})
+        report = write_table(Path(a.out), "memory_eval", title, rows, details)
         print(report.read_text(encoding="utf-8"))
 
     run_cli(job, prog="eval_memory.py")

@@ -28,6 +28,9 @@ def main() -> None:
                    help="persona as prose addressed to the model, or labelled card fields (several: compare)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--user", default="User", help="the name {{user}} stands for")
+    p.add_argument("--real-path", action="store_true",
+                   help="also ask every probe in one conversation, as chat.py --persona does (its defaults)")
+    p.add_argument("--only-real-path", action="store_true", help="only the real path")
     p.add_argument("--out", default="output/persona_eval")
     a = p.parse_args()
 
@@ -41,10 +44,25 @@ def main() -> None:
         persona = load_persona(a.persona)
         probes = read_probes(a.probes)
         loaded = load_model(a.model, LoadOptions(adapter=a.adapter))
-        results = [eval_persona(persona, probes, loaded, layout, a.max_new_tokens, a.user) for layout in a.layout]
+        results = [] if a.only_real_path else [
+            eval_persona(persona, probes, loaded, layout, a.max_new_tokens, a.user) for layout in a.layout]
+        rows, details = [r.row() for r in results], {r.layout: r.details for r in results}
+        if a.real_path or a.only_real_path:
+            from qwen_kit.chat.cli import ChatConfig, open_knowledge
+            from qwen_kit.chat.evaluate import real_path_persona
+
+            cfg = ChatConfig(model=a.model, greedy=True, max_new_tokens=a.max_new_tokens,
+                             user=a.user if a.user != "User" else "default")
+            docs = None
+            if persona.documents:
+                from qwen_kit.retrieval.hybrid import Embedder
+
+                docs = open_knowledge(persona.documents, Embedder(None), cfg)
+            real = real_path_persona(cfg, loaded, persona, probes, docs)
+            rows.append(real.row("asked"))
+            details["real path"] = real.details
         title = f"Persona {persona.name}: {a.probes}, model {a.model}"
-        report = write_table(Path(a.out), "persona_eval", title, [r.row() for r in results],
-                             {r.layout: r.details for r in results})
+        report = write_table(Path(a.out), "persona_eval", title, rows, details)
         print(report.read_text(encoding="utf-8"))
 
     run_cli(job, prog="eval_persona.py")

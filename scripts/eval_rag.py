@@ -18,11 +18,19 @@ from qwen_kit.entry import run_cli  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--docs", required=True, help="documents folder or saved index")
+    p.add_argument("--docs", required=True, action="append",
+                   help="documents folder or saved index (repeat: one knowledge base over several, e.g. with distractors)")
     p.add_argument("--qa", required=True, help='JSON Lines: {"question", "answers": [...], "doc"}')
     p.add_argument("--model", help="also score answers with this model, with and without retrieval")
     p.add_argument("--embedder")
     p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--real-path", action="store_true",
+                   help="also ask every question as chat.py --rag does (its defaults, /reset between questions)")
+    p.add_argument("--only-real-path", action="store_true", help="only the real path (no retrieval modes, no layouts)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--kb-layout", help="real path: the chat's --kb-layout (default: the chat's default)")
+    p.add_argument("--kb-min-ratio", type=float, help="real path: the chat's --kb-min-ratio")
+    p.add_argument("--chat-top-k", type=int, help="real path: the chat's --top-k (default: the chat's default)")
     p.add_argument("--out", default="output/rag_eval")
     a = p.parse_args()
 
@@ -31,10 +39,26 @@ def main() -> None:
 
         from qwen_kit.retrieval.evaluate import read_qa, retrieval_metrics, write_report
         from qwen_kit.retrieval.hybrid import Embedder
-        from qwen_kit.retrieval.index import open_knowledge_base
 
         qa = read_qa(a.qa)
-        retriever = open_knowledge_base(a.docs, Embedder(a.embedder))
+        if a.real_path or a.only_real_path:
+            from qwen_kit.chat.cli import ChatConfig, open_knowledge
+            from qwen_kit.chat.evaluate import real_path_rag, write_table
+            from qwen_kit.model import load_model
+
+            changes = {k: v for k, v in (("kb_layout", a.kb_layout), ("kb_min_ratio", a.kb_min_ratio),
+                                          ("top_k", a.chat_top_k)) if v is not None}
+            cfg = ChatConfig(model=a.model or "demo", greedy=True, max_new_tokens=a.max_new_tokens, **changes)
+            lm = load_model(cfg.model)
+            real = real_path_rag(cfg, lm, open_knowledge(a.docs, Embedder(a.embedder), cfg), qa)
+            report = write_table(Path(a.out), "rag_real_path", f"Knowledge base, real path: {a.qa}, model {cfg.model}",
+                                 [real.row("gold retrieved")], real.details)
+            print(report.read_text(encoding="utf-8"))
+            if a.only_real_path:
+                return
+        from qwen_kit.chat.cli import open_knowledge
+
+        retriever = open_knowledge(a.docs, Embedder(a.embedder))
         metrics = retrieval_metrics(retriever, qa)
         answers = None
         if a.model:
@@ -44,7 +68,7 @@ def main() -> None:
             from qwen_kit.model import load_model
 
             lm = load_model(a.model)
-            settings = GenerationSettings(max_new_tokens=96, greedy=True)
+            settings = GenerationSettings(max_new_tokens=a.max_new_tokens, greedy=True)
             plain = lambda: ChatEngine(lm.model, lm.tokenizer, settings=settings, eos_token_ids=lm.eos_token_ids)  # noqa: E731
             def rag(placement: str):
                 return lambda: ChatEngine(lm.model, lm.tokenizer, settings=settings, eos_token_ids=lm.eos_token_ids,

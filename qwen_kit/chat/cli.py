@@ -41,6 +41,8 @@ class ChatConfig:
     top_k: int = 4
     embedder: str | None = None
     context_in: str = "user"
+    kb_layout: str = "numbered"  # numbered sources + instruction, or plain/brief (texts, best last)
+    kb_min_ratio: float = 0.0  # adaptive k: drop passages scoring below this share of the best
     persona: str | None = None
     fusion: str | None = None  # rrf or weighted; None: a saved index's own, else rrf
     fusion_weight: float | None = None  # weighted fusion: the dense side's share (default 0.5)
@@ -190,7 +192,8 @@ def assemble_chat(cfg: ChatConfig, loaded: Any, *, persona: Any = None, persona_
             sources.append(KnowledgeContext(persona_knowledge, loaded.tokenizer, cfg.top_k, int(0.25 * budget)))
     if knowledge is not None:
         # retrieved text may use up to 40% of the prompt budget; the dialogue keeps the rest
-        sources.append(KnowledgeContext(knowledge, loaded.tokenizer, cfg.top_k, int(0.4 * budget)))
+        sources.append(KnowledgeContext(knowledge, loaded.tokenizer, cfg.top_k, int(0.4 * budget),
+                                        layout=cfg.kb_layout, min_score_ratio=cfg.kb_min_ratio))
     if memory is not None:
         sources.append(memory)
     engine = ChatEngine(loaded.model, loaded.tokenizer, system=system, settings=settings,

@@ -282,8 +282,9 @@ class ChatEngine:
             system, extras, message = self.system, {}, user_text
             if self.context_fn is not None:
                 extra_text, extras = self.context_fn(user_text, self.rounds[self.window_start:])
+                after = extras.pop("after_question", None)  # a source's last word, after the question
                 if extra_text and self.context_placement == "user":
-                    message = f"{extra_text}\n\nQuestion: {user_text}"
+                    message = f"{extra_text}\n\nQuestion: {user_text}" + (f"\n{after}" if after else "")
                 elif extra_text:
                     system = f"{system}\n\n{extra_text}" if system else extra_text
             window = self.rounds[self.window_start:]

@@ -186,3 +186,119 @@ def write_table(out_dir: Path, name: str, title: str, rows: list[dict[str, Any]]
     (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out_dir / f"{name}.json").write_text(json.dumps(details, ensure_ascii=False, indent=1), encoding="utf-8")
     return out_dir / f"{name}.md"
+
+
+# -- the real path: what chat.py does, with its defaults ---------------------------------------
+@dataclass
+class RealPathResult:
+    """One feature replayed through :func:`~qwen_kit.chat.cli.assemble_chat` as ``chat.py`` builds
+    it, in a flowing conversation: nothing is taken back, every default is the user's."""
+
+    feature: str
+    asked: int = 0
+    right: int = 0  # the answer holds an expected string
+    found: int = 0  # what the answer needs reached the prompt (gold source / planted memory)
+    right_and_found: int = 0
+    by_language: dict[str, list[int]] = field(default_factory=dict)  # lang -> [asked, right, right and found]
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, lang: str, right: bool, found: bool, detail: dict[str, Any]) -> None:
+        self.asked += 1
+        self.right += right
+        self.found += found
+        self.right_and_found += right and found
+        counts = self.by_language.setdefault(lang, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += right
+        counts[2] += right and found
+        self.details.append({**detail, "right": right, "found": found})
+
+    def row(self, found_name: str) -> dict[str, Any]:
+        n = max(self.asked, 1)
+        out: dict[str, Any] = {"layout": "real path (chat.py defaults)", "asked": self.asked,
+                               found_name: self.found / n, "answer right": self.right / n,
+                               f"right, with {found_name}": self.right_and_found / n}
+        for lang, (asked, _, both) in sorted(self.by_language.items()):
+            out[f"{lang}: right, with {found_name}"] = f"{both}/{asked}"
+        return out
+
+
+def _lang(text: str) -> str:
+    from qwen_kit.retrieval.hybrid import mostly_cjk
+
+    return "zh" if mostly_cjk(text) else "en"
+
+
+def real_path_rag(cfg: Any, loaded: Any, knowledge: Any, qa: list[dict[str, Any]],
+                  progress: bool = True) -> RealPathResult:
+    """Each question asked in ``chat.py --rag``'s conversation, ``/reset`` between questions
+    (as a user starting a new topic), scored by whether the answer holds an acceptable string
+    and whether the gold document was among the sources shown."""
+    from tqdm import tqdm
+
+    from qwen_kit.chat.cli import assemble_chat
+
+    result = RealPathResult("knowledge base")
+    chat = assemble_chat(cfg, loaded, knowledge=knowledge)
+    for item in tqdm(qa, desc="knowledge base, real path", disable=not progress, leave=False):
+        chat.engine.reset()
+        turn = chat.engine.start_turn(item["question"])
+        answer = turn.run()
+        files = [s["file"] for s in turn.extras.get("sources", [])]
+        gold = item["doc"] in files
+        result.add(_lang(item["question"]), _contains(answer, item["answers"]), gold,
+                   {"question": item["question"], "answer": answer, "sources": files, "gold": item["doc"]})
+    return result
+
+
+def real_path_memory(cfg: Any, loaded: Any, embedder: Any, dialogue: list[dict[str, Any]],
+                     progress: bool = True) -> RealPathResult:
+    """The dialogue through ``chat.py --memory``: a fresh memory file, the model answering every
+    unscripted turn, probes asked and left in the conversation like any other turn. A probe is
+    right when the answer holds an expected string, found when the planted round was recalled."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from qwen_kit.chat.cli import assemble_chat, context_budget, open_memory
+
+    result = RealPathResult("memory")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = replace(cfg, memory=True, memory_file=str(Path(tmp) / "chat_history.txt"), user="eval")
+        _, budget = context_budget(cfg, loaded)
+        import contextlib
+        import io
+
+        with contextlib.redirect_stderr(io.StringIO()):
+            memory = open_memory(cfg, embedder, loaded.tokenizer, budget)
+        chat = assemble_chat(cfg, loaded, memory=memory)
+        for row in tqdm(dialogue, desc="memory, real path", disable=not progress, leave=False):
+            turn = chat.engine.start_turn(row["user"])
+            if "assistant" in row:
+                turn.complete(row["assistant"])
+            else:
+                turn.run()
+            expect = row.get("expect")
+            if expect:
+                recalled = [m["user_text"] for m in turn.extras.get("memories", [])]
+                hit = any(_contains(t, expect) for t in recalled)
+                result.add(_lang(row["user"]), _contains(turn.text, expect), hit,
+                           {"user": row["user"], "expect": expect, "answer": turn.text, "recalled": recalled})
+    return result
+
+
+def real_path_persona(cfg: Any, loaded: Any, persona: Any, probes: list[dict[str, Any]], persona_knowledge: Any = None,
+                      progress: bool = True) -> RealPathResult:
+    """Every probe in one conversation with ``chat.py --persona``, after its greeting: in
+    character when the answer holds an expected string and no forbidden one."""
+    from tqdm import tqdm
+
+    from qwen_kit.chat.cli import assemble_chat
+
+    result = RealPathResult("persona")
+    chat = assemble_chat(cfg, loaded, persona=persona, persona_knowledge=persona_knowledge)
+    for row in tqdm(probes, desc="persona, real path", disable=not progress, leave=False):
+        answer = chat.engine.start_turn(row["user"]).run()
+        good = _contains(answer, row["expect_any"]) and not _contains(answer, row.get("forbid", []))
+        result.add(_lang(row["user"]), good, True, {"user": row["user"], "answer": answer})
+    return result

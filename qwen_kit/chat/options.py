@@ -49,6 +49,12 @@ def add_retrieval_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
     k.add_argument("--context-in", default=ChatConfig.context_in, choices=["user", "system"],
                    help="where retrieved text goes: quoted in the user turn (scored best, docs/knowledge.md) "
                         "or the system message")
+    k.add_argument("--kb-layout", default=ChatConfig.kb_layout, choices=["numbered", "plain", "brief"],
+                   help="retrieved text in the prompt: numbered sources under an instruction to cite them, "
+                        "plain passages (the best one last, next to the question), or brief (plain, and a "
+                        "one-sentence instruction after the question)")
+    k.add_argument("--kb-min-ratio", type=float, default=ChatConfig.kb_min_ratio,
+                   help="leave out passages whose score is below this share of the best one's (0: keep --top-k)")
     return k
 
 

@@ -65,3 +65,29 @@ def test_sources_can_be_quoted_in_the_user_turn_instead(kb, tiny):
         "Question: What is the campus Wi-Fi called?<|im_end|>\n<|im_start|>assistant")
     turn.run()
     assert engine.rounds[-1].user == "What is the campus Wi-Fi called?"  # history keeps the user's own words
+
+
+def test_plain_and_brief_layouts_put_the_best_passage_next_to_the_question(kb, tiny):
+    numbered = KnowledgeContext(kb, tiny.tokenizer, top_k=3)
+    text, extras = numbered("What is the campus Wi-Fi called?", [])
+    best = kb.search("What is the campus Wi-Fi called?", k=1)[0].chunk.text
+    plain = KnowledgeContext(kb, tiny.tokenizer, top_k=3, layout="plain")
+    ptext, pextras = plain("What is the campus Wi-Fi called?", [])
+    assert ptext.endswith(best) and "[1]" not in ptext and pextras["sources"] == extras["sources"]
+    brief = KnowledgeContext(kb, tiny.tokenizer, top_k=3, layout="brief")
+    engine = ChatEngine(tiny.model, tiny.tokenizer, settings=GenerationSettings(max_new_tokens=2, greedy=True),
+                        context_fn=brief, eos_token_ids=tiny.eos_token_ids, context_placement="user")
+    turn = engine.start_turn("What is the campus Wi-Fi called?")
+    user_block = turn.prompt.split("<|im_start|>user\n")[-1]
+    assert user_block.index(best) < user_block.index("Question: What is the campus Wi-Fi called?\nAnswer in one")
+    assert "after_question" not in turn.extras  # an instruction to the prompt, not a record of the turn
+
+
+def test_adaptive_k_drops_passages_far_below_the_best(kb, tiny):
+    every = KnowledgeContext(kb, tiny.tokenizer, top_k=4)
+    _, all_four = every("What is the campus Wi-Fi called?", [])
+    close = KnowledgeContext(kb, tiny.tokenizer, top_k=4, min_score_ratio=0.99)
+    _, kept = close("What is the campus Wi-Fi called?", [])
+    best = all_four["sources"][0]["score"]
+    assert kept["sources"] == [s for s in all_four["sources"] if s["score"] >= 0.99 * best]
+    assert 1 <= len(kept["sources"]) < len(all_four["sources"])

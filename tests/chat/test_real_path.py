@@ -1,0 +1,56 @@
+"""The real-path evaluations replay a set through the chat that chat.py builds, with nothing
+taken back: every turn, probes included, stays in the conversation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qwen_kit.chat.cli import ChatConfig, open_knowledge
+from qwen_kit.chat.evaluate import real_path_memory, real_path_persona, real_path_rag
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from qwen_kit.retrieval.hybrid import Embedder
+
+    return Embedder(None)
+
+
+def test_rag_real_path_counts_gold_sources_and_languages(tiny, embedder):
+    cfg = ChatConfig(greedy=True, max_new_tokens=4)
+    qa = [{"question": "What is the name of the campus Wi-Fi network?", "answers": ["Linden-Secure"], "doc": "it_help.md"},
+          {"question": "校园卡单次最多能充值多少？", "answers": ["五百"], "doc": "校园卡.md"},
+          {"question": "When does the library close?", "answers": ["10 pm"], "doc": "nowhere.md"}]
+    result = real_path_rag(cfg, tiny, open_knowledge([str(ROOT / "data/knowledge")], embedder, cfg), qa, progress=False)
+    assert result.asked == 3 and result.found == 2  # nowhere.md is never a source
+    assert set(result.by_language) == {"en", "zh"} and result.by_language["en"][0] == 2
+    assert [d["gold"] for d in result.details] == ["it_help.md", "校园卡.md", "nowhere.md"]
+    row = result.row("gold retrieved")
+    assert row["gold retrieved"] == pytest.approx(2 / 3) and row["en: right, with gold retrieved"].endswith("/2")
+
+
+def test_memory_real_path_keeps_probes_in_the_conversation(tiny, embedder):
+    dialogue = [{"user": f"Remember: my locker number at the swimming pool on the east side of town is {n}7{n}.",
+                 "assistant": "Noted, I will keep that locker number in mind for you."} for n in range(1, 10)]
+    dialogue += [{"user": "Tell me something nice."},
+                 {"user": "What was my locker number with 1s?", "expect": ["171"]},
+                 {"user": "And the one with 2s?", "expect": ["272"]}]
+    cfg = ChatConfig(greedy=True, max_new_tokens=8, max_context=420)  # memories get a quarter of the prompt
+    result = real_path_memory(cfg, tiny, embedder, dialogue, progress=False)
+    assert result.asked == 2
+    assert result.found >= 1  # an early round left the small context and came back from memory
+    assert [d["user"] for d in result.details] == [dialogue[-2]["user"], dialogue[-1]["user"]]
+
+
+def test_persona_real_path_asks_every_probe_in_one_conversation(tiny):
+    from qwen_kit.chat.persona import load_persona
+
+    persona = load_persona(ROOT / "data/personas/card_v2_example.json")
+    probes = [{"user": "What is your name?", "expect_any": ["Ada"]}, {"user": "Where is your workshop?",
+                                                                      "expect_any": ["Cockburn"]}]
+    result = real_path_persona(ChatConfig(greedy=True, max_new_tokens=4), tiny, persona, probes, progress=False)
+    assert result.asked == 2 and len(result.details) == 2 and result.found == 2
