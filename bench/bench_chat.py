@@ -60,7 +60,7 @@ def main() -> None:
         clock = FirstTokenClock()
         with torch.inference_mode():
             out = loaded.model.generate(**inputs, eos_token_id=never, pad_token_id=0, streamer=clock,
-                                        **settings.generate_kwargs())
+                                        **settings.generate_kwargs(inputs["input_ids"].shape[1]))
         n = out.shape[1] - inputs["input_ids"].shape[1]
         return (n - 1) / (time.perf_counter() - clock.first)
 

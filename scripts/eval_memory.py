@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--real-path", action="store_true",
                    help="also replay it as chat.py --memory does: every default, probes left in the conversation")
     p.add_argument("--only-real-path", action="store_true", help="only the real path")
+    p.add_argument("--repetition-penalty", type=float, help="real path: the chat's --repetition-penalty")
     p.add_argument("--out", default="output/memory_eval")
     a = p.parse_args()
 
@@ -56,7 +57,7 @@ def main() -> None:
             from qwen_kit.chat.cli import ChatConfig
             from qwen_kit.chat.evaluate import real_path_memory
 
-            cfg = ChatConfig(model=a.model, greedy=True, max_new_tokens=a.max_new_tokens, max_context=a.max_context)
+            cfg = ChatConfig(model=a.model, greedy=True, **({'repetition_penalty': a.repetition_penalty} if a.repetition_penalty else {}), max_new_tokens=a.max_new_tokens, max_context=a.max_context)
             real = real_path_memory(cfg, loaded, embedder, dialogue)
             rows.append(real.row("recalled from memory"))
             details["real path"] = real.details

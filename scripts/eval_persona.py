@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--real-path", action="store_true",
                    help="also ask every probe in one conversation, as chat.py --persona does (its defaults)")
     p.add_argument("--only-real-path", action="store_true", help="only the real path")
+    p.add_argument("--repetition-penalty", type=float, help="real path: the chat's --repetition-penalty")
     p.add_argument("--out", default="output/persona_eval")
     a = p.parse_args()
 
@@ -51,7 +52,7 @@ def main() -> None:
             from qwen_kit.chat.cli import ChatConfig, open_knowledge
             from qwen_kit.chat.evaluate import real_path_persona
 
-            cfg = ChatConfig(model=a.model, greedy=True, max_new_tokens=a.max_new_tokens,
+            cfg = ChatConfig(model=a.model, greedy=True, **({'repetition_penalty': a.repetition_penalty} if a.repetition_penalty else {}), max_new_tokens=a.max_new_tokens,
                              user=a.user if a.user != "User" else "default")
             docs = None
             if persona.documents:

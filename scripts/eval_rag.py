@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--real-path", action="store_true",
                    help="also ask every question as chat.py --rag does (its defaults, /reset between questions)")
     p.add_argument("--only-real-path", action="store_true", help="only the real path (no retrieval modes, no layouts)")
+    p.add_argument("--repetition-penalty", type=float, help="real path: the chat's --repetition-penalty")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--kb-layout", help="real path: the chat's --kb-layout (default: the chat's default)")
     p.add_argument("--kb-min-ratio", type=float, help="real path: the chat's --kb-min-ratio")
@@ -48,7 +49,7 @@ def main() -> None:
 
             changes = {k: v for k, v in (("kb_layout", a.kb_layout), ("kb_min_ratio", a.kb_min_ratio),
                                           ("top_k", a.chat_top_k)) if v is not None}
-            cfg = ChatConfig(model=a.model or "demo", greedy=True, max_new_tokens=a.max_new_tokens, **changes)
+            cfg = ChatConfig(model=a.model or "demo", greedy=True, **({"repetition_penalty": a.repetition_penalty} if a.repetition_penalty else {}), max_new_tokens=a.max_new_tokens, **changes)
             lm = load_model(cfg.model)
             real = real_path_rag(cfg, lm, open_knowledge(a.docs, Embedder(a.embedder), cfg), qa)
             report = write_table(Path(a.out), "rag_real_path", f"Knowledge base, real path: {a.qa}, model {cfg.model}",

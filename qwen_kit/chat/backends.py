@@ -106,7 +106,8 @@ class BatchedBackend:
 
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         sampling = Sampling(greedy=settings.greedy, temperature=settings.temperature, top_p=settings.top_p,
-                            top_k=settings.top_k, repetition_penalty=settings.repetition_penalty, seed=settings.seed)
+                            top_k=settings.top_k, repetition_penalty=settings.repetition_penalty, seed=settings.seed,
+                            penalize_prompt=settings.penalize_prompt)
         request = self.batcher.submit(ids, settings.max_new_tokens, sampling,
                                       eos_ids=[] if settings.ignore_eos else None)
         decoder, sink = IncrementalDecoder(self.tokenizer), StopFilter(stop, on_piece)

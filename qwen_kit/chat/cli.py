@@ -33,6 +33,7 @@ class ChatConfig:
     top_p: float = 0.8
     sample_top_k: int = 20
     repetition_penalty: float = 1.05
+    penalize_prompt: bool = False  # the repetition penalty also counts the prompt's tokens (generate's way)
     greedy: bool = False
     seed: int | None = None
     max_context: int | None = None
@@ -121,7 +122,7 @@ def generation_settings(cfg: ChatConfig) -> GenerationSettings:
         raise UserError(f"--max-new-tokens must be at least 1, got {cfg.max_new_tokens}")
     return GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                               top_k=cfg.sample_top_k, repetition_penalty=cfg.repetition_penalty,
-                              greedy=cfg.greedy, seed=cfg.seed)
+                              greedy=cfg.greedy, seed=cfg.seed, penalize_prompt=cfg.penalize_prompt)
 
 
 def context_budget(cfg: ChatConfig, loaded: Any) -> tuple[int, int]:

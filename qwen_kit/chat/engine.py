@@ -25,14 +25,29 @@ class GenerationSettings:
     greedy: bool = False
     seed: int | None = None
     ignore_eos: bool = False  # keep going past end ids until max_new_tokens (benchmarks; vLLM's field)
+    # the repetition penalty counts the reply's own tokens only (True: the prompt's too, as
+    # transformers' generate does; that also penalises the names and facts a persona, a source
+    # or a memory puts in the prompt, which is what the answer should repeat; docs/benchmarks.md)
+    penalize_prompt: bool = False
 
-    def generate_kwargs(self) -> dict[str, Any]:
+    def generate_kwargs(self, prompt_tokens: int | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate``. ``prompt_tokens``: the prompt's length, so
+        the repetition penalty can skip it (without it, generate's rule: prompt and reply)."""
         if self.greedy:
-            return {"do_sample": False, "max_new_tokens": self.max_new_tokens,
-                    "repetition_penalty": self.repetition_penalty,
-                    "temperature": None, "top_p": None, "top_k": None}
-        return {"do_sample": True, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "top_k": self.top_k, "repetition_penalty": self.repetition_penalty}
+            out: dict[str, Any] = {"do_sample": False, "max_new_tokens": self.max_new_tokens,
+                                   "temperature": None, "top_p": None, "top_k": None}
+        else:
+            out = {"do_sample": True, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                   "top_p": self.top_p, "top_k": self.top_k}
+        if self.penalize_prompt or prompt_tokens is None or self.repetition_penalty == 1.0:
+            out["repetition_penalty"] = self.repetition_penalty
+        else:
+            from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+            out["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(
+                self.repetition_penalty, prompt_ignore_length=prompt_tokens)])
+            out["repetition_penalty"] = 1.0  # not a second, prompt-wide one from the generation config
+        return out
 
 
 class GenerationFailed(RuntimeError):
@@ -155,11 +170,12 @@ class Turn:
         inputs = engine.tokenizer(self.prompt, return_tensors="pt", add_special_tokens=False).to(engine.device)
         if engine.settings.seed is not None:
             torch.manual_seed(engine.settings.seed)
+        kwargs = engine.settings.generate_kwargs(inputs["input_ids"].shape[1])
         try:
             with torch.inference_mode():
                 engine.generate(**inputs, streamer=streamer, eos_token_id=engine.eos_token_ids,
                                 pad_token_id=engine.pad_token_id, stopping_criteria=_stop_when(self.stopped),
-                                **engine.settings.generate_kwargs())
+                                **kwargs)
         except Exception as err:
             raise GenerationFailed(f"generation failed: {type(err).__name__}: {err}") from err
         finally:
@@ -243,6 +259,9 @@ class ChatEngine:
     context_fn: Callable[[str, list[Round]], tuple[str, dict[str, Any]]] | None = None
     context_placement: str = "system"  # or "user": retrieved text quoted before the question
     backend: Any = None  # None: this process's model, one reply at a time (qwen_kit.chat.backends)
+    # rounds whose reply is word for word another round's reply stay in the history but not in
+    # the prompt: a small model copies a repeated reply into every later answer (docs/memory.md)
+    drop_repeated_replies: bool = True
     rounds: list[Round] = field(default_factory=list)
     window_start: int = 0  # rounds before this index have left the prompt for good
 
@@ -288,8 +307,10 @@ class ChatEngine:
                 elif extra_text:
                     system = f"{system}\n\n{extra_text}" if system else extra_text
             window = self.rounds[self.window_start:]
-            first, prompt, n = fit_rounds(self.tokenizer, system, window, message, self.budget)
-            messages = build_messages(system, window[first:], message)
+            shown = repeated_replies_left_out(window) if self.drop_repeated_replies else list(range(len(window)))
+            kept, prompt, n = fit_rounds(self.tokenizer, system, [window[i] for i in shown], message, self.budget)
+            first = shown[kept] if kept < len(shown) else len(window)
+            messages = build_messages(system, [window[i] for i in shown[kept:]], message)
             if not first:
                 break
             self.window_start += first
@@ -336,6 +357,14 @@ class ChatEngine:
 
     def in_prompt(self) -> list[Round]:
         return self.rounds[self.window_start:]
+
+
+def repeated_replies_left_out(rounds: list[Round]) -> list[int]:
+    """Indices of the rounds to show: all but those whose (non-empty) reply appears more than once."""
+    from collections import Counter
+
+    counts = Counter(r.assistant.strip() for r in rounds if r.assistant.strip())
+    return [i for i, r in enumerate(rounds) if counts.get(r.assistant.strip(), 0) < 2]
 
 
 def combine_contexts(*sources: Callable[[str, list[Round]], tuple[str, dict[str, Any]]] | None):

@@ -29,7 +29,11 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=d.temperature)
     g.add_argument("--top-p", type=float, default=d.top_p)
     g.add_argument("--sample-top-k", type=int, default=d.sample_top_k, help="sampling: keep the k likeliest tokens")
-    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty)
+    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
+                   help="penalty on tokens the reply already used (default 1.05, Qwen2.5's)")
+    g.add_argument("--penalize-prompt", action="store_true",
+                   help="the repetition penalty also counts the prompt's tokens, as transformers' generate does "
+                        "(it then penalises the names and facts the answer should repeat; see docs/benchmarks.md)")
     g.add_argument("--greedy", action="store_true", help="deterministic decoding, no sampling")
     g.add_argument("--seed", type=int)
     g.add_argument("--max-context", type=int, help="prompt + answer token budget (default: min(4096, model limit))")

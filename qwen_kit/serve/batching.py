@@ -13,9 +13,10 @@ the same prompts one at a time, and its greedy texts differed from the one-at-a-
 left-padded batches of the plain forward pass gave 67 tokens/s with identical texts. The GPU
 answer to serving at scale is vLLM (``--backend vllm``), not a bigger loop here.
 
-Each row's logits are processed as ``model.generate`` processes them (repetition penalty over
-prompt and reply, then temperature, top-k, top-p), so a greedy request gives the same text in
-a batch as alone; on CPU in float32 the texts are identical (tests check it).
+Each row's logits are processed as ``model.generate`` processes them (repetition penalty, over
+the reply or, with ``penalize_prompt``, prompt and reply; then temperature, top-k, top-p), so a
+greedy request gives the same text in a batch as alone; on CPU in float32 the texts are
+identical (tests check it).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Sampling:
     top_k: int = 20
     repetition_penalty: float = 1.05
     seed: int | None = None
+    penalize_prompt: bool = False  # the penalty counts the reply's tokens only (ChatEngine's rule)
 
 
 @dataclass
@@ -251,7 +253,8 @@ class ContinuousBatcher:
             seed = r.sampling.seed
             gen = torch.Generator(device=logits.device)
             gen.manual_seed(seed if seed is not None else int.from_bytes(__import__("os").urandom(6), "little"))
-            new_rows.append(_Row(r, torch.tensor(r.prompt_ids, device=logits.device), gen))
+            seen = r.prompt_ids if r.sampling.penalize_prompt else []
+            new_rows.append(_Row(r, torch.tensor(seen, dtype=torch.long, device=logits.device), gen))
         self._pick(new_rows, logits)
         if cache is None:
             merged_rows, cache, mask = new_rows, new_cache, new_mask
@@ -288,7 +291,7 @@ class ContinuousBatcher:
         for r, scores in zip(rows, logits):
             s = r.request.sampling
             scores = scores.clone()
-            if s.repetition_penalty != 1.0:
+            if s.repetition_penalty != 1.0 and r.seen.numel():
                 seen = r.seen
                 picked = scores.gather(0, seen)
                 picked = torch.where(picked < 0, picked * s.repetition_penalty, picked / s.repetition_penalty)

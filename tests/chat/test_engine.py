@@ -26,7 +26,7 @@ def _free_run_ids(tiny, prompt: str) -> list[int]:
 
     inputs = tiny.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     torch.manual_seed(SAMPLED.seed)
-    out = tiny.model.generate(**inputs, eos_token_id=[99999], pad_token_id=0, **SAMPLED.generate_kwargs())
+    out = tiny.model.generate(**inputs, eos_token_id=[99999], pad_token_id=0, **SAMPLED.generate_kwargs(inputs["input_ids"].shape[1]))
     return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
@@ -124,3 +124,27 @@ def test_seeded_sampling_repeats(tiny):
     a = _engine(tiny, settings=settings, eos_token_ids=[99999]).reply("hello")
     b = _engine(tiny, settings=copy.copy(settings), eos_token_ids=[99999]).reply("hello")
     assert a == b
+
+
+def test_replies_repeated_word_for_word_are_left_out_of_the_prompt(tiny):
+    from qwen_kit.chat.prompt import Round
+
+    engine = _engine(tiny)
+    engine.rounds = [Round("Where does my sister live?", "In Tromso."), Round("And my cat?", "I am not sure."),
+                     Round("My bike?", "I am not sure."), Round("My car?", "A red Volvo.")]
+    turn = engine.start_turn("And my dog?")
+    assert "I am not sure." not in turn.prompt  # both copies: one left in would be copied again
+    assert "In Tromso." in turn.prompt and "A red Volvo." in turn.prompt
+    assert len(engine.rounds) == 4 and engine.window_start == 0  # the history itself keeps every round
+    engine.drop_repeated_replies = False
+    assert engine.start_turn("And my dog?").prompt.count("I am not sure.") == 2
+
+
+def test_the_repetition_penalty_skips_the_prompt_unless_asked(tiny):
+    """The prompt's names and facts are what an answer should repeat: only the reply's own
+    tokens are penalised, unless penalize_prompt (generate's rule)."""
+    reply_only = GenerationSettings(repetition_penalty=1.3).generate_kwargs(prompt_tokens=17)
+    processor = reply_only["logits_processor"][0]
+    assert reply_only["repetition_penalty"] == 1.0 and processor.prompt_ignore_length == 17
+    everything = GenerationSettings(repetition_penalty=1.3, penalize_prompt=True).generate_kwargs(prompt_tokens=17)
+    assert everything["repetition_penalty"] == 1.3 and "logits_processor" not in everything

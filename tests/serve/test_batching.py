@@ -31,7 +31,7 @@ def sharp(tiny):
 
 
 def sampled(seed: int) -> Sampling:
-    return Sampling(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.3, seed=seed)
+    return Sampling(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.3, seed=seed, penalize_prompt=True)
 
 
 def run(req):
