@@ -57,7 +57,9 @@ def main() -> None:
             from qwen_kit.chat.cli import ChatConfig
             from qwen_kit.chat.evaluate import real_path_memory
 
-            cfg = ChatConfig(model=a.model, greedy=True, **({'repetition_penalty': a.repetition_penalty} if a.repetition_penalty else {}), max_new_tokens=a.max_new_tokens, max_context=a.max_context)
+            cfg = ChatConfig(model=a.model, greedy=True,
+                             repetition_penalty=a.repetition_penalty or ChatConfig.repetition_penalty,
+                             max_new_tokens=a.max_new_tokens, max_context=a.max_context)
             real = real_path_memory(cfg, loaded, embedder, dialogue)
             rows.append(real.row("recalled from memory"))
             details["real path"] = real.details

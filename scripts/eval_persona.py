@@ -52,7 +52,9 @@ def main() -> None:
             from qwen_kit.chat.cli import ChatConfig, open_knowledge
             from qwen_kit.chat.evaluate import real_path_persona
 
-            cfg = ChatConfig(model=a.model, greedy=True, **({'repetition_penalty': a.repetition_penalty} if a.repetition_penalty else {}), max_new_tokens=a.max_new_tokens,
+            cfg = ChatConfig(model=a.model, greedy=True,
+                             repetition_penalty=a.repetition_penalty or ChatConfig.repetition_penalty,
+                             max_new_tokens=a.max_new_tokens,
                              user=a.user if a.user != "User" else "default")
             docs = None
             if persona.documents:

@@ -49,7 +49,9 @@ def main() -> None:
 
             changes = {k: v for k, v in (("kb_layout", a.kb_layout), ("kb_min_ratio", a.kb_min_ratio),
                                           ("top_k", a.chat_top_k)) if v is not None}
-            cfg = ChatConfig(model=a.model or "demo", greedy=True, **({"repetition_penalty": a.repetition_penalty} if a.repetition_penalty else {}), max_new_tokens=a.max_new_tokens, **changes)
+            cfg = ChatConfig(model=a.model or "demo", greedy=True,
+                             repetition_penalty=a.repetition_penalty or ChatConfig.repetition_penalty,
+                             max_new_tokens=a.max_new_tokens, **changes)
             lm = load_model(cfg.model)
             real = real_path_rag(cfg, lm, open_knowledge(a.docs, Embedder(a.embedder), cfg), qa)
             report = write_table(Path(a.out), "rag_real_path", f"Knowledge base, real path: {a.qa}, model {cfg.model}",

@@ -16,8 +16,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from qwen_kit.chat.cli import ChatConfig  # noqa: E402
-from qwen_kit.chat.options import (add_backend_options, add_generation_options,  # noqa: E402
-                                   add_model_options, add_persona_memory_options, add_retrieval_options)
+from qwen_kit.chat.options import add_service_options, split_service_args  # noqa: E402
 from qwen_kit.entry import run_cli  # noqa: E402
 
 
@@ -25,31 +24,16 @@ def parse_args(argv: list[str] | None = None):
     from qwen_kit.webui.service import WebConfig
 
     p = argparse.ArgumentParser(description="Browser chat over the qwen_kit chat engine (Gradio).")
-    add_model_options(p)
-    add_backend_options(p)
-    add_generation_options(p)
-    k = add_retrieval_options(p)
-    k.add_argument("--kb", action="append", default=[], metavar="DOCS_OR_INDEX",
-                   help="a documents folder or saved index the page may offer (repeat for several)")
-    v = add_persona_memory_options(p)
-    v.add_argument("--personas", action="append", default=[], metavar="FILE_OR_FOLDER",
-                   help="persona files, or folders of them, the page may offer (repeat for several)")
-    v.add_argument("--memory", action="store_true", help="start with the long-term memory switch on")
-    s = p.add_argument_group("server")
-    s.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 on AutoDL)")
-    s.add_argument("--port", type=int, help="port (default 7860; 6006 on AutoDL)")
+    s = add_service_options(p, offered="the page may offer", default_port=7860,
+                            memory_help="start with the long-term memory switch on")
     s.add_argument("--share", action="store_true", help="a public gradio.live link (Kaggle notebooks)")
     s.add_argument("--auth-file", metavar="FILE", help="logins, one USER:PASSWORD per line (needed beyond "
                    "localhost); or set QWEN_KIT_WEBUI_AUTH=USER:PASSWORD")
     s.add_argument("--auth", metavar="USER:PASSWORD", help="a login on the command line (works, with a warning: "
                    "others can read argv)")
     s.add_argument("--no-auth", action="store_true", help="serve beyond localhost without a login")
-    s.add_argument("--max-batch", type=int, default=WebConfig.max_batch,
-                   help="conversations answered at the same time (more wait for a free slot)")
     a = vars(p.parse_args(argv))
-    web = {name: a.pop(name) for name in ("kb", "personas", "memory", "host", "port", "share", "auth", "auth_file",
-                                          "no_auth", "max_batch")}
-    web["knowledge"] = web.pop("kb")
+    web = split_service_args(a, ("share", "auth", "auth_file", "no_auth"))
     return WebConfig(chat=ChatConfig(**a), **web)
 
 

@@ -6,6 +6,8 @@ answers by acceptable strings (case-insensitive), so any model can be compared.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -266,9 +268,6 @@ def real_path_memory(cfg: Any, loaded: Any, embedder: Any, dialogue: list[dict[s
     with tempfile.TemporaryDirectory() as tmp:
         cfg = replace(cfg, memory=True, memory_file=str(Path(tmp) / "chat_history.txt"), user="eval")
         _, budget = context_budget(cfg, loaded)
-        import contextlib
-        import io
-
         with contextlib.redirect_stderr(io.StringIO()):
             memory = open_memory(cfg, embedder, loaded.tokenizer, budget)
         chat = assemble_chat(cfg, loaded, memory=memory)

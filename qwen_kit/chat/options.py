@@ -84,3 +84,36 @@ def add_backend_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     b.add_argument("--tensor-parallel", type=int, default=ChatConfig.tensor_parallel,
                    help="--backend vllm: GPUs that share the model")
     return b
+
+
+def add_service_options(p: argparse.ArgumentParser, *, offered: str, memory_help: str,
+                        default_port: int) -> argparse._ArgumentGroup:
+    """Every flag the web page and the API server share: the chat's own, the knowledge bases and
+    personas they offer, the memory switch, the address and the batch size. Returns the
+    "server" group, for each door's own login or key flags."""
+    from qwen_kit.webui.service import WebConfig
+
+    add_model_options(p)
+    add_backend_options(p)
+    add_generation_options(p)
+    k = add_retrieval_options(p)
+    k.add_argument("--kb", action="append", default=[], metavar="DOCS_OR_INDEX",
+                   help=f"a documents folder or saved index {offered} (repeat for several)")
+    v = add_persona_memory_options(p)
+    v.add_argument("--personas", action="append", default=[], metavar="FILE_OR_FOLDER",
+                   help=f"persona files, or folders of them, {offered} (repeat for several)")
+    v.add_argument("--memory", action="store_true", help=memory_help)
+    s = p.add_argument_group("server")
+    s.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 on AutoDL)")
+    s.add_argument("--port", type=int, help=f"port (default {default_port}; 6006 on AutoDL)")
+    s.add_argument("--max-batch", type=int, default=WebConfig.max_batch,
+                   help="conversations generated at the same time (more wait for a free slot)")
+    return s
+
+
+def split_service_args(a: dict, fields: tuple[str, ...]) -> dict:
+    """Take the door's own fields out of the parsed flags (the rest are ChatConfig's); --kb is
+    the config's ``knowledge``."""
+    own = {name: a.pop(name) for name in ("kb", "personas", "memory", "host", "port", "max_batch", *fields)}
+    own["knowledge"] = own.pop("kb")
+    return own

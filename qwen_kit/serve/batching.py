@@ -157,6 +157,11 @@ class ContinuousBatcher:
         self._wake.set()
         return req
 
+    @property
+    def waiting(self) -> int:
+        """Requests submitted and not yet in the batch."""
+        return self._waiting.qsize()
+
     def close(self) -> None:
         self._stop.set()
         self._wake.set()

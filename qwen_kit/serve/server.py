@@ -359,7 +359,7 @@ def create_app(api: ApiService) -> Any:
         batcher = getattr(api.backend, "batcher", None)
         return {"status": "ok", "model": api.base_name, "backend": getattr(api.backend, "name", "?"),
                 "generating": getattr(batcher, "active", None),
-                "waiting": batcher._waiting.qsize() if batcher is not None else None,
+                "waiting": batcher.waiting if batcher is not None else None,
                 "cancelled": api.cancelled}
 
     @app.get("/v1/models")

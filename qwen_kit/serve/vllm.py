@@ -31,7 +31,7 @@ def engine_args(model_path: str, *, capability: tuple[int, int] | None, adapter:
     - 4-bit: bitsandbytes quantization, as the transformers backend loads it.
     """
     if capability is None:
-        raise UserError(f"--backend vllm needs an NVIDIA GPU; none is visible here. Use --backend transformers")
+        raise UserError("--backend vllm needs an NVIDIA GPU; none is visible here. Use --backend transformers")
     if tensor_parallel < 1 or tensor_parallel > gpus:
         raise UserError(f"--tensor-parallel {tensor_parallel}: this machine has {gpus} GPU(s); give 1 to {gpus}")
     args: dict[str, Any] = {

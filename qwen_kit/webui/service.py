@@ -249,7 +249,7 @@ class WebChatService:
     def busy(self) -> bool:
         """Whether every slot is generating now (a new message will wait for one)."""
         batcher = getattr(self.backend, "batcher", None)
-        return batcher is not None and batcher.active + batcher._waiting.qsize() >= batcher.max_batch
+        return batcher is not None and batcher.active + batcher.waiting >= batcher.max_batch
 
     def close_backend(self) -> None:
         batcher = getattr(self.backend, "batcher", None)
