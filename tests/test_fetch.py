@@ -19,11 +19,13 @@ PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - the stdlib's name
         start = int(self.headers.get("Range", "bytes=0-")[6:].split("-")[0] or 0)
+        # Recorded before the body goes out: the client can finish reading, and the test
+        # assert, before this thread runs another line.
+        self.server.starts.append(start)
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(PAYLOAD) - start))
         self.end_headers()
         self.wfile.write(PAYLOAD[start:])
-        self.server.starts.append(start)
 
     def log_message(self, *args):
         pass
