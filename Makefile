@@ -58,7 +58,7 @@ KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)
 
 .DEFAULT_GOAL := help
 
-.PHONY: trl-venv bench-trl serve bench-serve
+.PHONY: trl-venv bench-trl serve bench-serve bench-logits
 .PHONY: help venv demo chat webui browser doctor test test-fast test-latest lock upgrade tf4-venv portable check-model bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
 	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
 
@@ -233,6 +233,9 @@ bench: $(STAMP) ## chat decode speed vs bare generate (writes to stdout)
 
 bench-serve: $(STAMP) ## the API server: 8 concurrent streaming clients vs the same requests one at a time
 	$(PY) bench/bench_serve.py --model $(MODEL) $(ARGS)
+
+bench-logits: $(STAMP) ## training with the LM head on trained positions only vs every position (ARGS="--data ../shared/data/alpaca_en_demo.json")
+	$(PY) bench/bench_logits.py --model $(MODEL) $(ARGS)
 
 clean: ## remove caches and build litter (keeps .venv)
 	rm -rf .pytest_cache build *.egg-info

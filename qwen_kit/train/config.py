@@ -56,6 +56,8 @@ class TrainConfig:
                      ["auto", "sdpa", "flash_attention_2", "eager"])
     liger: bool = _opt(False, "apply liger-kernel's fused Qwen2 kernels (RMSNorm, SwiGLU, RoPE, fused linear "
                               "cross-entropy); CUDA only, needs pip install liger-kernel")
+    all_logits: bool = _opt(False, "run the LM head at every position, as transformers does; by default it runs "
+                                   "only where a token is trained on (same loss, less time and memory)")
     dtype: str = _opt("auto", "auto: bf16 on Ampere+, fp16 on T4/V100, fp32 on CPU",
                       ["auto", "float32", "bfloat16", "float16"])
     lora_r: int = _opt(16, "LoRA rank")

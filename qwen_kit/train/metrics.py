@@ -4,6 +4,8 @@
   a packed row);
 - ``computed_tokens``: every position the model ran, padding included;
 - ``padding_efficiency`` = real / computed;
+- ``trained_tokens``: positions the loss is computed on (labels other than -100, shifted as
+  the loss shifts them): the reply's tokens with ``--loss response``;
 - ``real_tokens_per_s``: real tokens over the wall time of ``trainer.train()``;
 - ``mfu`` (GPU only): model FLOPs of the real tokens (6·N per token for full training, 4·N when
   the weights are frozen as in LoRA/QLoRA, plus causal attention, 6·L·d·s² per sequence of s
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from qwen_kit.data.render import IGNORE
 
 # Dense tensor-core peak (TFLOP/s, bf16 or fp16 with fp32 accumulation) by device-name fragment,
 # from the vendors' data sheets; the first match wins. T4 and V100 have no bf16: their fp16 rate.
@@ -51,6 +55,7 @@ class TokenMeter:
     frozen_base: bool = False
     real: int = 0
     computed: int = 0
+    trained: int = 0
     attn_sq: int = 0  # sum of s^2 over sequences (causal attention cost)
     sequences: int = 0
     batch_lengths: list[list[int]] = field(default_factory=list)
@@ -60,6 +65,8 @@ class TokenMeter:
         lengths = sequence_lengths(inputs)
         self.real += sum(lengths)
         self.computed += int(inputs["input_ids"].numel())
+        if "labels" in inputs:
+            self.trained += int((inputs["labels"][..., 1:] != IGNORE).sum())
         self.attn_sq += sum(n * n for n in lengths)
         self.sequences += len(lengths)
         if self.keep_batches:
@@ -67,7 +74,7 @@ class TokenMeter:
 
     def totals(self) -> dict[str, int]:
         """Sums over every process (all-reduce under torch.distributed; every rank must call)."""
-        values = [self.real, self.computed, self.attn_sq, self.sequences]
+        values = [self.real, self.computed, self.trained, self.attn_sq, self.sequences]
         try:
             import torch
             import torch.distributed as dist
@@ -79,7 +86,7 @@ class TokenMeter:
                 values = [int(v) for v in t.tolist()]
         except ImportError:
             pass
-        return dict(zip(["real", "computed", "attn_sq", "sequences"], values))
+        return dict(zip(["real", "computed", "trained", "attn_sq", "sequences"], values))
 
     def model_flops(self, totals: dict[str, int]) -> float:
         per_token = (4 if self.frozen_base else 6) * self.params
@@ -88,7 +95,7 @@ class TokenMeter:
     def report(self, seconds: float, peak: float | None, world: int = 1) -> dict[str, float | int | None]:
         t = self.totals()
         out: dict[str, float | int | None] = {
-            "real_tokens": t["real"], "computed_tokens": t["computed"],
+            "real_tokens": t["real"], "computed_tokens": t["computed"], "trained_tokens": t["trained"],
             "padding_efficiency": t["real"] / t["computed"] if t["computed"] else None,
             "real_tokens_per_s": t["real"] / seconds if seconds > 0 else None,
             "computed_tokens_per_s": t["computed"] / seconds if seconds > 0 else None,

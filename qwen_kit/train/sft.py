@@ -144,6 +144,47 @@ def apply_liger(model: Any) -> None:
                                 fused_linear_cross_entropy=True, model=model)
 
 
+def loss_on_trained_positions(model: Any, head: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+    """The causal-LM loss transformers computes (logits in fp32, labels shifted, ``IGNORE``
+    left out; summed over ``num_items_in_batch`` when given, else the mean), with the LM head
+    ``head`` run only on the hidden states of positions that are trained on.
+
+    With the default reply-only loss the prompt's positions (and the padding) need no logits:
+    for Qwen2.5 each is a 151,936-wide projection whose fp32 logits and gradient are saved. A
+    pre-hook on the head hands it just those rows; ``model`` is called whole, so DDP's and
+    PEFT's wrappers see an ordinary forward pass.
+    """
+    import torch.nn.functional as F
+
+    inputs = dict(inputs)
+    targets = inputs.pop("labels")[:, 1:]  # position p predicts token p + 1
+    trained = targets != IGNORE
+
+    def only_trained(module: Any, args: tuple) -> tuple:
+        return (args[0][:, :-1][trained.to(args[0].device)],) + args[1:]
+
+    hook = head.register_forward_pre_hook(only_trained)
+    try:
+        logits = model(**inputs).logits.float()  # (trained positions, vocab)
+    finally:
+        hook.remove()
+    loss = F.cross_entropy(logits, targets[trained].to(logits.device), reduction="sum")
+    return loss / (num_items_in_batch if num_items_in_batch is not None else trained.sum())
+
+
+def trains_on_kept_logits(cfg: TrainConfig, model: Any) -> bool:
+    """Whether the trainer computes logits only where they are trained on: not with --liger
+    (its fused linear cross-entropy already never materialises them), not with --all-logits,
+    and only for transformers' own causal LMs (a forward that projects the last hidden states
+    through ``get_output_embeddings()``, the ones with ``logits_to_keep``)."""
+    import inspect
+
+    if cfg.liger or cfg.all_logits:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters and base.get_output_embeddings() is not None
+
+
 def resolve_packing(cfg: TrainConfig, model: Any) -> tuple[bool, str]:
     """Packing pays off with variable-length attention kernels (FlashAttention), which skip
     the masked blocks. With SDPA or eager attention a packed row costs quadratic attention
@@ -195,15 +236,28 @@ def kit_trainer_class() -> Any:
       of examples, so it saw every item as length 1 and grouped nothing; it also shrinks its
       megabatches to a single batch on data sets below a few thousand rows;
     - a :class:`TokenMeter` fed with every batch actually trained on (real and computed
-      tokens), whose figures join each training log line (TensorBoard, console, log history).
+      tokens), whose figures join each training log line (TensorBoard, console, log history);
+    - with ``kept_logits``, the training loss through :func:`loss_on_trained_positions`: the
+      same loss and gradients, the LM head run only where a token is trained on.
     """
     from transformers import Trainer
 
     class KitTrainer(Trainer):
-        def __init__(self, *args, meter: TokenMeter, **kwargs):
+        def __init__(self, *args, meter: TokenMeter, kept_logits: bool = False, **kwargs):
             super().__init__(*args, **kwargs)
-            self.meter = meter
+            self.meter, self.kept_logits = meter, kept_logits
             self.train_started: float | None = None
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not self.kept_logits or "labels" not in inputs:  # evaluation: the stock path
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            loss = loss_on_trained_positions(model, head, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs \
+                    and num_items_in_batch is not None:  # as the stock path: the count spans every rank
+                ranks = self.accelerator.num_processes // (self.get_tp_size() if hasattr(self, "get_tp_size") else 1)
+                loss = loss * (ranks if self.args.n_gpu <= 1 else self.args.n_gpu)
+            return loss
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -222,6 +276,7 @@ def kit_trainer_class() -> Any:
             if "loss" in logs and self.train_started is not None:  # a training log line: every rank is here
                 report = self.meter.report(time.perf_counter() - self.train_started, None)
                 logs.update({"tokens/real": report["real_tokens"], "tokens/computed": report["computed_tokens"],
+                             "tokens/trained": report["trained_tokens"],
                              "tokens/padding_efficiency": report["padding_efficiency"],
                              "tokens/real_per_s": report["real_tokens_per_s"]})
             return super().log(logs, start_time, **kwargs)
@@ -319,9 +374,10 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     meter = TokenMeter(params=int(estimate_params(base.config.to_dict())), layers=base.config.num_hidden_layers,
                        hidden=base.config.hidden_size, frozen_base=cfg.finetune != "full")
+    kept_logits = trains_on_kept_logits(cfg, model)
     trainer = kit_trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                   data_collator=SFTCollator(packing, tokenizer.pad_token_id),
-                                  processing_class=tokenizer, callbacks=callbacks, meter=meter)
+                                  processing_class=tokenizer, callbacks=callbacks, meter=meter, kept_logits=kept_logits)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.perf_counter() - started
@@ -344,6 +400,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
     summary = {"run_name": name, "output_dir": str(out), "tensorboard_dirs": [str(d) for d in tb_dirs], "world_size": world,
                "global_step": trainer.state.global_step, "resumed_from": resume_from, "packing": packing,
                "attention": getattr(base.config, "_attn_implementation", None), "liger": cfg.liger,
+               "kept_logits": kept_logits,
                "train_loss": metrics.get("train_loss"), "eval_loss": metrics.get("eval_loss"),
                "eval_reply_loss": metrics.get("eval_reply_loss"),
                **throughput,
