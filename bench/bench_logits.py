@@ -14,8 +14,10 @@ the first logged loss and the final train loss.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +39,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-logits-"))
+    atexit.register(shutil.rmtree, work, True)  # runs save models and checkpoints: gigabytes
     rows = json.loads(Path(args.data).read_text(encoding="utf-8"))[: args.rows]
     data = work / "rows.json"
     data.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")

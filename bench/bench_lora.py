@@ -11,8 +11,10 @@ GPU, torch's peak allocated memory.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["full", "lora", "qlora"])
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, work, True)  # runs save models and checkpoints: gigabytes
     rows = []
     for variant in args.variants:
         out = work / variant

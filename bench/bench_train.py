@@ -13,8 +13,10 @@ with the demo model's tokenizer) on the same rows for one epoch, alternating lay
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -61,6 +63,7 @@ def main() -> None:
     from qwen_kit.train.sft import run_sft
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    atexit.register(shutil.rmtree, work, True)  # runs save models and checkpoints: gigabytes
     os.environ.setdefault("QWEN_KIT_CACHE", str(work / "cache"))
     model = args.model or str(small_model(work / "model", args.hidden, args.layers))
     rows = json.loads(Path(args.data).read_text(encoding="utf-8"))[: args.examples]

@@ -15,8 +15,10 @@ is what run_sft reports (counted from its batches) and must equal that sum.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -50,6 +52,7 @@ def main() -> None:
     from qwen_kit.train.sft import run_sft
 
     work = Path(tempfile.mkdtemp(prefix="bench-trl-"))
+    atexit.register(shutil.rmtree, work, True)  # runs save models and checkpoints: gigabytes
     os.environ.setdefault("QWEN_KIT_CACHE", str(work / "cache"))
     rows = json.loads(Path(args.data).read_text(encoding="utf-8"))[: args.rows]
     data = work / "rows.json"
