@@ -17,6 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from qwen_kit.chat.options import add_real_path_options, real_path_config  # noqa: E402
 from qwen_kit.entry import run_cli  # noqa: E402
 
 
@@ -32,10 +33,7 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=3, help="memories recalled per turn")
     p.add_argument("--retrieval-only", action="store_true", help="score recall only; the model does not answer")
     p.add_argument("--embedder")
-    p.add_argument("--real-path", action="store_true",
-                   help="also replay it as chat.py --memory does: every default, probes left in the conversation")
-    p.add_argument("--only-real-path", action="store_true", help="only the real path")
-    p.add_argument("--repetition-penalty", type=float, help="real path: the chat's --repetition-penalty")
+    add_real_path_options(p, "replay it as chat.py --memory does: every default, probes left in the conversation")
     p.add_argument("--out", default="output/memory_eval")
     a = p.parse_args()
 
@@ -54,12 +52,9 @@ def main() -> None:
                         answers=not a.retrieval_only, top_k=a.top_k) for layout in a.layout]
         rows, details = [r.row() for r in results], {r.layout: r.details for r in results}
         if a.real_path or a.only_real_path:
-            from qwen_kit.chat.cli import ChatConfig
             from qwen_kit.chat.evaluate import real_path_memory
 
-            cfg = ChatConfig(model=a.model, greedy=True,
-                             repetition_penalty=a.repetition_penalty or ChatConfig.repetition_penalty,
-                             max_new_tokens=a.max_new_tokens, max_context=a.max_context)
+            cfg = real_path_config(a, a.model, max_context=a.max_context)
             real = real_path_memory(cfg, loaded, embedder, dialogue)
             rows.append(real.row("recalled from memory"))
             details["real path"] = real.details

@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from qwen_kit.chat.options import add_real_path_options, real_path_config  # noqa: E402
 from qwen_kit.entry import run_cli  # noqa: E402
 
 
@@ -28,10 +29,7 @@ def main() -> None:
                    help="persona as prose addressed to the model, or labelled card fields (several: compare)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--user", default="User", help="the name {{user}} stands for")
-    p.add_argument("--real-path", action="store_true",
-                   help="also ask every probe in one conversation, as chat.py --persona does (its defaults)")
-    p.add_argument("--only-real-path", action="store_true", help="only the real path")
-    p.add_argument("--repetition-penalty", type=float, help="real path: the chat's --repetition-penalty")
+    add_real_path_options(p, "ask every probe in one conversation, as chat.py --persona does (its defaults)")
     p.add_argument("--out", default="output/persona_eval")
     a = p.parse_args()
 
@@ -49,13 +47,10 @@ def main() -> None:
             eval_persona(persona, probes, loaded, layout, a.max_new_tokens, a.user) for layout in a.layout]
         rows, details = [r.row() for r in results], {r.layout: r.details for r in results}
         if a.real_path or a.only_real_path:
-            from qwen_kit.chat.cli import ChatConfig, open_knowledge
+            from qwen_kit.chat.cli import open_knowledge
             from qwen_kit.chat.evaluate import real_path_persona
 
-            cfg = ChatConfig(model=a.model, greedy=True,
-                             repetition_penalty=a.repetition_penalty or ChatConfig.repetition_penalty,
-                             max_new_tokens=a.max_new_tokens,
-                             user=a.user if a.user != "User" else "default")
+            cfg = real_path_config(a, a.model, user=a.user if a.user != "User" else "default")
             docs = None
             if persona.documents:
                 from qwen_kit.retrieval.hybrid import Embedder

@@ -13,6 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from qwen_kit.chat.knowledge import LAYOUTS as KB_LAYOUTS  # noqa: E402
+from qwen_kit.chat.options import add_real_path_options, real_path_config  # noqa: E402
 from qwen_kit.entry import run_cli  # noqa: E402
 
 
@@ -24,12 +26,9 @@ def main() -> None:
     p.add_argument("--model", help="also score answers with this model, with and without retrieval")
     p.add_argument("--embedder")
     p.add_argument("--top-k", type=int, default=4)
-    p.add_argument("--real-path", action="store_true",
-                   help="also ask every question as chat.py --rag does (its defaults, /reset between questions)")
-    p.add_argument("--only-real-path", action="store_true", help="only the real path (no retrieval modes, no layouts)")
-    p.add_argument("--repetition-penalty", type=float, help="real path: the chat's --repetition-penalty")
+    add_real_path_options(p, "ask every question as chat.py --rag does (its defaults, /reset between questions)")
     p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--kb-layout", help="real path: the chat's --kb-layout (default: the chat's default)")
+    p.add_argument("--kb-layout", choices=KB_LAYOUTS, help="real path: the chat's --kb-layout (default: the chat's default)")
     p.add_argument("--kb-min-ratio", type=float, help="real path: the chat's --kb-min-ratio")
     p.add_argument("--chat-top-k", type=int, help="real path: the chat's --top-k (default: the chat's default)")
     p.add_argument("--out", default="output/rag_eval")
@@ -43,15 +42,13 @@ def main() -> None:
 
         qa = read_qa(a.qa)
         if a.real_path or a.only_real_path:
-            from qwen_kit.chat.cli import ChatConfig, open_knowledge
+            from qwen_kit.chat.cli import open_knowledge
             from qwen_kit.chat.evaluate import real_path_rag, write_table
             from qwen_kit.model import load_model
 
             changes = {k: v for k, v in (("kb_layout", a.kb_layout), ("kb_min_ratio", a.kb_min_ratio),
                                           ("top_k", a.chat_top_k)) if v is not None}
-            cfg = ChatConfig(model=a.model or "demo", greedy=True,
-                             repetition_penalty=a.repetition_penalty or ChatConfig.repetition_penalty,
-                             max_new_tokens=a.max_new_tokens, **changes)
+            cfg = real_path_config(a, a.model or "demo", **changes)
             lm = load_model(cfg.model)
             real = real_path_rag(cfg, lm, open_knowledge(a.docs, Embedder(a.embedder), cfg), qa)
             report = write_table(Path(a.out), "rag_real_path", f"Knowledge base, real path: {a.qa}, model {cfg.model}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from qwen_kit.chat.cli import ChatConfig
+from qwen_kit.chat.knowledge import LAYOUTS as KB_LAYOUTS
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def add_retrieval_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
     k.add_argument("--context-in", default=ChatConfig.context_in, choices=["user", "system"],
                    help="where retrieved text goes: quoted in the user turn (scored best, docs/knowledge.md) "
                         "or the system message")
-    k.add_argument("--kb-layout", default=ChatConfig.kb_layout, choices=["numbered", "plain", "brief"],
+    k.add_argument("--kb-layout", default=ChatConfig.kb_layout, choices=KB_LAYOUTS,
                    help="retrieved text in the prompt: numbered sources under an instruction to cite them, "
                         "plain passages (the best one last, next to the question), or brief (plain, and a "
                         "one-sentence instruction after the question)")
@@ -117,3 +118,20 @@ def split_service_args(a: dict, fields: tuple[str, ...]) -> dict:
     own = {name: a.pop(name) for name in ("kb", "personas", "memory", "host", "port", "max_batch", *fields)}
     own["knowledge"] = own.pop("kb")
     return own
+
+
+def add_real_path_options(p: argparse.ArgumentParser, how: str) -> None:
+    """The flags every feature evaluation shares for its real path: the chat as ``chat.py``
+    builds it (see :func:`real_path_config`). ``how`` says what the replay does."""
+    r = p.add_argument_group("real path")
+    r.add_argument("--real-path", action="store_true", help=f"also {how}")
+    r.add_argument("--only-real-path", action="store_true", help="only the real path")
+    r.add_argument("--repetition-penalty", type=float, default=ChatConfig.repetition_penalty,
+                   help="real path: the chat's --repetition-penalty")
+
+
+def real_path_config(a: argparse.Namespace, model: str, **fields) -> ChatConfig:
+    """chat.py's configuration for a real-path replay: its defaults, greedy (so runs repeat),
+    with the evaluation's --repetition-penalty and --max-new-tokens."""
+    return ChatConfig(model=model, greedy=True, repetition_penalty=a.repetition_penalty,
+                      max_new_tokens=a.max_new_tokens, **fields)
