@@ -204,6 +204,15 @@ def _capability() -> tuple[int, int] | None:
     return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
 
 
+def _checkpointing_field(arguments: type) -> str:
+    """The TrainingArguments name for activation (gradient) checkpointing: later transformers 5
+    releases renamed it and warn on the old name at every run."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(arguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def _precision_flags(cfg: TrainConfig) -> dict[str, bool]:
     import torch
 
@@ -340,7 +349,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
         logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, eval_strategy="steps" if cfg.eval_share > 0 else "no",
         eval_steps=cfg.eval_steps, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
-        gradient_checkpointing=cfg.gradient_checkpointing, remove_unused_columns=False,
+        **{_checkpointing_field(TrainingArguments): cfg.gradient_checkpointing}, remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not packing else "random",
         include_num_input_tokens_seen="no", ddp_find_unused_parameters=False,  # it counts padding: TokenMeter
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, deepspeed=cfg.deepspeed,

@@ -90,6 +90,26 @@ def test_batch_8_equals_batch_2_times_accumulation_4_on_the_first_step(tiny_qwen
     assert abs(la - lb) < 1e-5, (la, lb)
 
 
+def test_gradient_checkpointing_is_on_in_the_model_warns_nothing_and_trains_the_same(tiny_qwen_dir, data_file,
+                                                                                       tmp_path, recwarn):
+    from transformers import TrainerCallback
+
+    class Seen(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kw):
+            name = "is_activation_checkpointing"  # transformers 5's name; 4's is_gradient_checkpointing
+            self.on = getattr(model, name if hasattr(type(model), name) else "is_gradient_checkpointing")
+
+    seen = Seen()
+    ckpt = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "ckpt", max_steps=2, gradient_checkpointing=True),
+                   extra_callbacks=[seen])
+    assert seen.on is True
+    # transformers 5 renamed the argument; the old name warned on every run
+    assert not [w for w in recwarn if "checkpointing" in str(w.message)], [str(w.message) for w in recwarn]
+    plain = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "plain", max_steps=2))
+    losses = lambda s: [h["loss"] for h in s["log_history"] if "loss" in h]  # noqa: E731
+    assert losses(ckpt) == pytest.approx(losses(plain), rel=1e-5)
+
+
 def test_a_model_finetuned_on_a_few_rows_stops_at_its_end_token(tiny_qwen_dir, tmp_path):
     from qwen_kit.chat.engine import ChatEngine, GenerationSettings
     from qwen_kit.model import load_model
