@@ -86,7 +86,7 @@ def write_report(root: Path, name: str, rows: list[dict], histories: dict[str, l
         w.writerows(rows)
     lines = [f"# Experiment: {name}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    lines += ["", "![loss curves](loss_curves.png)", "", "![final eval loss](final_eval_loss.png)", ""]
+    lines += ["", "![loss curves](loss_curves.png)", "", "![final eval loss on reply tokens](final_eval_loss.png)", ""]
     if bench:
         lines += ["![benchmark accuracy](benchmarks.png)", ""]
     (root / "results.md").write_text("\n".join(lines), encoding="utf-8")
@@ -113,8 +113,8 @@ def write_report(root: Path, name: str, rows: list[dict], histories: dict[str, l
         ev = [(h["step"], h["eval_loss"]) for h in hist if "eval_loss" in h]
         if pts:
             line, = ax.plot(*zip(*pts), label=f"{vname} train")
-            if ev:
-                ax.plot(*zip(*ev), "o--", color=line.get_color(), label=f"{vname} eval")
+            if ev:  # each variant's own labels: compare variants on the reply-token bars instead
+                ax.plot(*zip(*ev), "o--", color=line.get_color(), label=f"{vname} eval (own labels)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(f"{name}: loss curves")
@@ -125,11 +125,12 @@ def write_report(root: Path, name: str, rows: list[dict], histories: dict[str, l
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = [r["variant"] for r in rows]
-    values = [r["eval_loss"] if r["eval_loss"] is not None else float("nan") for r in rows]
+    # the one metric every variant shares: a full-loss variant's own eval loss counts prompt tokens
+    values = [r["eval_reply_loss"] if r["eval_reply_loss"] is not None else float("nan") for r in rows]
     bars = ax.bar(names, values, color="#4C72B0")
     ax.bar_label(bars, fmt="%.3f", fontsize=8)
-    ax.set_ylabel("final eval loss")
-    ax.set_title(f"{name}: final eval loss per variant")
+    ax.set_ylabel("final eval loss, reply tokens")
+    ax.set_title(f"{name}: final eval loss on reply tokens (every variant alike)")
     fig.tight_layout()
     fig.savefig(root / "final_eval_loss.png", dpi=120)
     plt.close(fig)

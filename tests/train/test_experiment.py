@@ -38,6 +38,7 @@ variants:
     assert all(0 < float(r["padding_efficiency"]) <= 1 for r in rows)
     md = (tmp_path / "exp" / "results.md").read_text()
     assert "| full |" in md and "loss_curves.png" in md
+    assert "![final eval loss on reply tokens](final_eval_loss.png)" in md  # the bars use the shared metric
     # --bench in the sweep: each variant's final benchmark accuracy is a column and a chart
     assert all(0 <= float(r["bench/mcq_small"]) <= 100 for r in rows) and "benchmarks.png" in md
     for png in ("loss_curves.png", "final_eval_loss.png", "benchmarks.png"):
