@@ -9,7 +9,14 @@ Runs in .venv-trl (make trl-venv): TRL over the very same torch and transformers
 Both sides train on identical token ids: the rows are rendered and tokenized once by the kit
 (Qwen's chat template, full loss, --max-len) and TRL gets them pre-tokenized. Real tokens/s is
 the sum of those ids over the wall time of trainer.train() for every side; the kit's own figure
-is what run_sft reports (counted from its batches) and must equal that sum.
+is what run_sft reports (counted from its batches) and must equal that sum. Every side saves
+one checkpoint at the end of training, as the kit does by default, so each timed region holds
+the same write (its seconds are reported).
+
+TRL's packing at the same batch size fills each row to --max-len, so it takes about half the
+optimizer steps and trains less at the same learning rate: its final loss is not comparable.
+A further TRL packing run at --packed-batch rows takes about as many steps as the padded
+runs; that one is there to compare losses with.
 """
 
 from __future__ import annotations
@@ -37,12 +44,15 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--packed-batch", type=int, default=2,
+                    help="also run TRL packing at this batch of packed rows, which takes about as many optimizer "
+                         "steps as the padded runs (0: skip); at --batch it takes about half as many")
     args = ap.parse_args()
 
     import torch
     import trl
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from qwen_kit.data.prepare import prepare_data
@@ -65,6 +75,24 @@ def main() -> None:
     common = dict(per_device_train_batch_size=args.batch, num_train_epochs=1, learning_rate=args.lr,
                   lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, seed=42)
 
+    class SaveTimer(TrainerCallback):
+        """Seconds spent writing checkpoints inside trainer.train() (the flow callback has set
+        should_save by the time a user callback's on_step_end runs; on_save follows the write)."""
+
+        def __init__(self):
+            self.seconds, self.started = 0.0, None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:
+                self.started = time.perf_counter()
+
+        def on_save(self, args, state, control, **kwargs):
+            self.seconds += time.perf_counter() - self.started
+
+    def one_checkpoint(folder: Path) -> None:
+        found = sorted(p.name for p in folder.glob("checkpoint-*"))
+        assert len(found) == 1, (folder, found)  # like for like: each timed region wrote one
+
     def final_loss(model) -> float:
         """The trained model's loss over every training token (token-weighted, one row at a
         time, the same code for every side): an epoch's mean of step losses depends on which
@@ -79,29 +107,44 @@ def main() -> None:
         return total / count
 
     def kit() -> dict:
+        timer = SaveTimer()
         s = run_sft(TrainConfig(model=args.model, data=str(data), output_dir=str(work / "kit"), overwrite=True,
                                 loss="full", max_len=args.max_len, eval_share=0.0, save_steps=100000,
-                                logging_steps=100000, seed=42, per_device_batch=args.batch, epochs=1, learning_rate=args.lr, warmup_ratio=0.0))
+                                logging_steps=100000, seed=42, per_device_batch=args.batch, epochs=1, learning_rate=args.lr, warmup_ratio=0.0),
+                    extra_callbacks=[timer])
+        one_checkpoint(work / "kit")
         assert s["real_tokens"] == real, (s["real_tokens"], real)  # the same ids as TRL's
         trained = AutoModelForCausalLM.from_pretrained(work / "kit", dtype=torch.float32)
         return {"real_tokens_per_s": s["real_tokens_per_s"], "train_loss": s["train_loss"],
-                "final_loss": final_loss(trained)}
+                "final_loss": final_loss(trained), "save_s": timer.seconds, "steps": s["global_step"]}
 
-    def trl_run(packing: bool) -> dict:
+    def trl_run(packing: bool, batch: int) -> dict:
+        out = work / f"trl-{packing}-{batch}"
+        shutil.rmtree(out, ignore_errors=True)  # the previous round's checkpoint
         torch.manual_seed(42)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
-        cfg = SFTConfig(output_dir=str(work / f"trl-{packing}"), max_length=args.max_len, packing=packing,
-                        save_strategy="no", report_to="none", logging_steps=100000, use_cpu=True,
-                        dataloader_num_workers=0, **common)
-        trainer = SFTTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer)
+        # Saving as the kit does: at the end of training (TRL's own default strategy too), so both
+        # timed regions hold one checkpoint write (model, optimizer, scheduler), not the kit's alone.
+        cfg = SFTConfig(output_dir=str(out), max_length=args.max_len, packing=packing,
+                        save_strategy="steps", save_steps=100000, report_to="none", logging_steps=100000, use_cpu=True,
+                        dataloader_num_workers=0, **{**common, "per_device_train_batch_size": batch})
+        timer = SaveTimer()
+        trainer = SFTTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
+                             callbacks=[timer])
         started = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - started
+        one_checkpoint(out)
         return {"real_tokens_per_s": real / seconds, "train_loss": result.training_loss,
-                "final_loss": final_loss(trainer.model)}
+                "final_loss": final_loss(trainer.model), "save_s": timer.seconds,
+                "steps": trainer.state.global_step}
 
-    sides = {"kit (run_sft, length-grouped)": kit, f"TRL {trl.__version__} SFTTrainer, padded": lambda: trl_run(False),
-             f"TRL {trl.__version__} SFTTrainer, packing": lambda: trl_run(True)}
+    sides = {"kit (run_sft, length-grouped)": kit,
+             f"TRL {trl.__version__} SFTTrainer, padded": lambda: trl_run(False, args.batch),
+             f"TRL {trl.__version__} SFTTrainer, packing": lambda: trl_run(True, args.batch)}
+    if args.packed_batch:
+        sides[f"TRL {trl.__version__} SFTTrainer, packing, batch {args.packed_batch} (for the loss)"] = \
+            lambda: trl_run(True, args.packed_batch)
     results: dict[str, list[dict]] = {k: [] for k in sides}
     names = list(sides)
     for i in range(args.repeats):
@@ -111,12 +154,13 @@ def main() -> None:
     print(f"\n{len(rows)} rows, {real} real tokens; model {args.model} ({path.name}), batch {args.batch}, max length "
           f"{args.max_len}, full loss, one epoch, fp32 on {os.cpu_count()} CPU cores; torch {torch.__version__}; "
           f"medians of {args.repeats} alternating runs")
-    print("| trainer | real tokens/s | final loss (trained model, every training token) | epoch mean of step losses |\n"
-          "| --- | --- | --- | --- |")
+    print("| trainer | real tokens/s | final loss (trained model, every training token) | epoch mean of step losses "
+          "| optimizer steps | checkpoint write (s, in the timed region) |\n| --- | --- | --- | --- | --- | --- |")
     med = {n: statistics.median(r["real_tokens_per_s"] for r in results[n]) for n in names}
     loss = {n: statistics.median(r["final_loss"] for r in results[n]) for n in names}
     for n in names:
-        print(f"| {n} | {med[n]:.1f} | {loss[n]:.4f} | {statistics.median(r['train_loss'] for r in results[n]):.4f} |")
+        print(f"| {n} | {med[n]:.1f} | {loss[n]:.4f} | {statistics.median(r['train_loss'] for r in results[n]):.4f} "
+              f"| {results[n][0]['steps']} | {statistics.median(r['save_s'] for r in results[n]):.1f} |")
     k = names[0]
     for n in names[1:]:
         print(f"kit / {n}: {med[k] / med[n]:.2f}x real tokens/s; final loss difference {abs(loss[k] - loss[n]) / loss[n]:.1%}")
