@@ -63,6 +63,11 @@ def run_script(script: str, *args: str, input: bytes | str | None = None, env: d
                           capture_output=True, timeout=timeout, env=full_env, cwd=cwd)
 
 
+def train_losses(summary: dict) -> list[float]:
+    """The training loss of every logged step in a run_sft summary, in order."""
+    return [h["loss"] for h in summary["log_history"] if "loss" in h]
+
+
 def make_dry_run(*args: str) -> str:
     """What ``make -n ARGS`` would run, continuation lines joined, outside any parent make's
     environment (a test run by ``make test`` must not inherit its flags)."""

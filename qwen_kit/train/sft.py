@@ -172,16 +172,16 @@ def loss_on_trained_positions(model: Any, head: Any, inputs: dict[str, Any], num
     return loss / (num_items_in_batch if num_items_in_batch is not None else trained.sum())
 
 
-def trains_on_kept_logits(cfg: TrainConfig, model: Any) -> bool:
+def trains_on_kept_logits(cfg: TrainConfig, base: Any) -> bool:
     """Whether the trainer computes logits only where they are trained on: not with --liger
     (its fused linear cross-entropy already never materialises them), not with --all-logits,
-    and only for transformers' own causal LMs (a forward that projects the last hidden states
-    through ``get_output_embeddings()``, the ones with ``logits_to_keep``)."""
+    and only for transformers' own causal LMs (``base``, unwrapped from PEFT: a forward that
+    projects the last hidden states through ``get_output_embeddings()``, the ones with
+    ``logits_to_keep``)."""
     import inspect
 
     if cfg.liger or cfg.all_logits:
         return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters and base.get_output_embeddings() is not None
 
 
@@ -383,7 +383,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     meter = TokenMeter(params=int(estimate_params(base.config.to_dict())), layers=base.config.num_hidden_layers,
                        hidden=base.config.hidden_size, frozen_base=cfg.finetune != "full")
-    kept_logits = trains_on_kept_logits(cfg, model)
+    kept_logits = trains_on_kept_logits(cfg, base)
     trainer = kit_trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                   data_collator=SFTCollator(packing, tokenizer.pad_token_id),
                                   processing_class=tokenizer, callbacks=callbacks, meter=meter, kept_logits=kept_logits)

@@ -14,6 +14,7 @@ from qwen_kit.data.prepare import prepare_data
 from qwen_kit.data.render import IGNORE, RenderOptions
 from qwen_kit.train.config import TrainConfig
 from qwen_kit.train.sft import loss_on_trained_positions, run_sft
+from tests.conftest import train_losses
 
 ROWS = [{"instruction": "Name a colour." + " Please." * (i % 5), "input": "", "output": "Blue" + ", really" * i + "."}
         for i in range(8)]
@@ -96,5 +97,4 @@ def test_run_sft_projects_only_trained_positions_and_trains_the_same(tiny_qwen_d
     assert kept["kept_logits"] is True and stock["kept_logits"] is False
     assert stock_positions == stock["computed_tokens"]  # every position of every batch
     assert kept_positions == kept["trained_tokens"] < stock_positions * 0.8  # each trained position once
-    losses = lambda s: [h["loss"] for h in s["log_history"] if "loss" in h]  # noqa: E731
-    assert losses(kept) == pytest.approx(losses(stock), rel=1e-4) and len(losses(kept)) == 3
+    assert train_losses(kept) == pytest.approx(train_losses(stock), rel=1e-4) and len(train_losses(kept)) == 3

@@ -9,7 +9,7 @@ import torch
 
 from qwen_kit.train.config import TrainConfig
 from qwen_kit.train.sft import run_sft
-from tests.conftest import run_script
+from tests.conftest import run_script, train_losses
 
 ROWS = [{"instruction": f"Name the colour number {i}.", "input": "", "output": f"Colour {i} is green."} for i in range(24)]
 
@@ -70,7 +70,7 @@ def test_qlora_trains_on_cpu_with_4bit_base_weights(tiny_qwen_dir, tmp_path):
     summary, model = _train(tiny_qwen_dir, tmp_path, tmp_path / "qlora", finetune="qlora", max_steps=12,
                             logging_steps=1)
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
-    losses = [h["loss"] for h in summary["log_history"] if "loss" in h]
+    losses = train_losses(summary)
     assert summary["global_step"] == 12 and all(math.isfinite(x) for x in losses + [summary["train_loss"]])
     # it learned: a reply it was trained on costs less than it did for the untouched base
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from qwen_kit.train.config import TrainConfig
 from qwen_kit.train.sft import run_sft
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, run_script, train_losses
 
 ROWS = [{"instruction": f"Say the number {i} in words.", "input": "", "output": f"The number is {i}."} for i in range(48)]
 ROWS += [{"instruction": "把这句话翻译成英文。", "input": "我喜欢绿茶。", "output": "I like green tea."}] * 8
@@ -106,8 +106,7 @@ def test_gradient_checkpointing_is_on_in_the_model_warns_nothing_and_trains_the_
     # transformers 5 renamed the argument; the old name warned on every run
     assert not [w for w in recwarn if "checkpointing" in str(w.message)], [str(w.message) for w in recwarn]
     plain = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "plain", max_steps=2))
-    losses = lambda s: [h["loss"] for h in s["log_history"] if "loss" in h]  # noqa: E731
-    assert losses(ckpt) == pytest.approx(losses(plain), rel=1e-5)
+    assert train_losses(ckpt) == pytest.approx(train_losses(plain), rel=1e-5)
 
 
 def test_a_model_finetuned_on_a_few_rows_stops_at_its_end_token(tiny_qwen_dir, tmp_path):
