@@ -41,8 +41,9 @@ def _check_scheme(url: str, allow_http: bool) -> None:
         return
     if scheme == "http" and (allow_http or os.environ.get(ALLOW_HTTP_ENV) == "1"):
         return
+    hint = f", or set {ALLOW_HTTP_ENV}=1 for a server you trust" if scheme == "http" else ""
     raise UserError(f"{url}: only https:// downloads are allowed (a plain connection can be altered on the way); "
-                    f"use the https address{', or set ' + ALLOW_HTTP_ENV + '=1 for a server you trust' if scheme == 'http' else ''}")
+                    f"use the https address{hint}")
 
 
 def _content_range(response) -> tuple[int, int | None] | None:
@@ -134,15 +135,16 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
                 last_error = "the partial file does not match the remote file; starting over"
             else:
                 last_error = f"HTTP {err.code} {err.reason}"
-        except http.client.IncompleteRead as err:
+        except http.client.IncompleteRead:
             last_error = f"the chunked response ended early ({part.stat().st_size} bytes received in all)"
         except _Incomplete as err:
             last_error = str(err)
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, http.client.HTTPException) as err:
             last_error = str(getattr(err, "reason", err)) or type(err).__name__
         if attempt == retries:
-            raise UserError(f"downloading {url} failed {retries} times (last: {last_error}); the partial file "
-                            f"{part} is kept and the next run resumes it")
+            kept = (f"the partial file {part} is kept and the next run resumes it" if part.exists()
+                    else "run it again later")
+            raise UserError(f"downloading {url} failed {retries} times (last: {last_error}); {kept}")
         print(f"qwen_kit: {url}: {last_error}; retrying ({attempt}/{retries})", file=sys.stderr)
         time.sleep(min(2 ** attempt, 30))
     got = sha256_of(part)

@@ -124,7 +124,8 @@ def probe(folder: str, logits: bool = False) -> dict:
         mode = gen.get_generation_mode()
         report["generation"] = {"eos_token_ids": _ids(gen.eos_token_id), "pad_token_id": gen.pad_token_id,
                                 "mode": getattr(mode, "value", str(mode)),
-                                **{k: d if getattr(gen, k, None) is None else getattr(gen, k) for k, d in unset.items()}}
+                                **{k: d if getattr(gen, k, None) is None else getattr(gen, k)
+                                   for k, d in unset.items()}}
     except OSError:
         report["generation"] = None
         report["problems"].append("no generation_config.json")
