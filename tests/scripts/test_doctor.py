@@ -4,6 +4,7 @@ and a temporary folder that is gone when it ends."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 
 import pytest
@@ -57,8 +58,6 @@ def test_the_temporary_folder_is_deleted_when_the_doctor_itself_fails(tmp_path, 
     with pytest.raises(OSError, match="No space"):
         doctor.run_doctor(tmp_path / "report.json")
     assert list(tmp_path.iterdir()) == []
-    import os
-
     assert "QWEN_KIT_CACHE" not in os.environ  # not left pointing at the deleted folder
 
 
