@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform as pyplatform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -222,13 +223,14 @@ def check_training(on_gpu: bool, folder: Path, work: Path, gpus: int) -> list[Ch
 
 def check_batching(folder: Path) -> Check:
     """The API server's continuous batcher on this hardware: requests generated together give
-    the tokens each gets alone (greedy)."""
+    the tokens each gets alone. Any difference is a failure (a wrong cache, mask or position):
+    the model runs in float32, so rounding cannot flip a sampled token."""
     import threading
 
-    from qwen_kit.model import load_model
+    from qwen_kit.model import LoadOptions, load_model
     from qwen_kit.serve.batching import ContinuousBatcher, Finished, Sampling
 
-    loaded = load_model(str(folder), quiet=True)
+    loaded = load_model(str(folder), LoadOptions(dtype="float32"), quiet=True)
     tok = loaded.tokenizer
     prompts = [tok(f"<|im_start|>user\nQuestion {i}: {'why ' * i}<|im_end|>\n<|im_start|>assistant\n",
                    add_special_tokens=False)["input_ids"] for i in range(4)]
@@ -253,9 +255,13 @@ def check_batching(folder: Path) -> Check:
     finally:
         batcher.close()
     same = sum(a == b for a, b in zip(alone, together))
-    status = "ok" if same == len(prompts) else "warning"
-    return Check("continuous batching", status, f"{same}/{len(prompts)} batched replies (seeded sampling) equal the reply alone "
-                 f"(largest batch {batcher.largest_batch}, {loaded.precision.dtype})")
+    differ = [i for i, (a, b) in enumerate(zip(alone, together)) if a != b]
+    detail = (f"{same}/{len(prompts)} batched replies (seeded sampling) equal the reply alone "
+              f"(largest batch {batcher.largest_batch}, {loaded.precision.dtype})")
+    if differ:
+        detail += f"; request {differ[0]} alone {alone[differ[0]]}, batched {together[differ[0]]}"
+    return Check("continuous batching", "ok" if not differ else "failed", detail,
+                 figures={"same": same, "requests": len(prompts), "largest_batch": batcher.largest_batch})
 
 
 def check_vllm(on_gpu: bool, folder: Path | None = None) -> Check:
@@ -283,23 +289,13 @@ def check_vllm(on_gpu: bool, folder: Path | None = None) -> Check:
                  f"vllm {_version('vllm')}: {args['dtype']}, {stats.new_tokens} tokens generated ({reason})")
 
 
-def run_doctor(report_path: str | Path = "doctor_report.json") -> dict[str, Any]:
-    """Collect the environment, run the self-checks, print a table, write the JSON report."""
+def _self_checks(work: Path, on_gpu: bool, capability: tuple[int, int] | None, attn: str) -> list[Check]:
+    """Every check after the first, with its models and runs under ``work``."""
     import torch
 
-    from qwen_kit.model.load import pick_device
-    from qwen_kit.model.precision import choose_attention, choose_precision, flash_attn_installed
     from qwen_kit.testing import build_tiny_qwen
 
-    started = time.perf_counter()
-    env = environment()
-    device, capability = pick_device("auto")
-    on_gpu = device.startswith("cuda")
-    attn, why = choose_attention("auto", device, capability, flash_attn_installed())
-    precision = choose_precision(device, capability, attn_implementation=attn)
-    checks = [Check("dtype and attention", "ok", f"{device}: {precision.dtype}, {attn} ({why})")]
-    work = Path(tempfile.mkdtemp(prefix="qwen-kit-doctor-"))
-    os.environ.setdefault("QWEN_KIT_CACHE", str(work / "cache"))
+    checks: list[Check] = []
     folder = build_tiny_qwen(work / "tiny")
     checks.append(_timed("attention kernels", lambda: check_attention(on_gpu, capability)))
     checks.append(_timed("4-bit load and generate", lambda: check_4bit(on_gpu, folder)))
@@ -307,9 +303,9 @@ def run_doctor(report_path: str | Path = "doctor_report.json") -> dict[str, Any]
     gpus = torch.cuda.device_count() if on_gpu else 0
     train_folder = folder
     if on_gpu:  # a model of Qwen2.5-0.5B's shape, so tokens/s and MFU mean something
-        from qwen_kit.model.portable import save_model
-
         from transformers import AutoTokenizer
+
+        from qwen_kit.model.portable import save_model
 
         train_folder = save_model(_random_model(True, attn, torch.float32, vocab=1280).cpu(), work / "q05",
                                   AutoTokenizer.from_pretrained(folder))
@@ -322,6 +318,35 @@ def run_doctor(report_path: str | Path = "doctor_report.json") -> dict[str, Any]
     checks += trained
     checks.append(_timed("continuous batching", lambda: check_batching(folder)))
     checks.append(_timed("vLLM", lambda: check_vllm(on_gpu, folder)))
+    return checks
+
+
+def run_doctor(report_path: str | Path = "doctor_report.json") -> dict[str, Any]:
+    """Collect the environment, run the self-checks, print a table, write the JSON report."""
+    from qwen_kit.model.load import pick_device
+    from qwen_kit.model.precision import choose_attention, choose_precision, flash_attn_installed
+
+    started = time.perf_counter()
+    env = environment()
+    device, capability = pick_device("auto")
+    on_gpu = device.startswith("cuda")
+    attn, why = choose_attention("auto", device, capability, flash_attn_installed())
+    precision = choose_precision(device, capability, attn_implementation=attn)
+    checks = [Check("dtype and attention", "ok", f"{device}: {precision.dtype}, {attn} ({why})")]
+    # Models, a run with its optimizer checkpoint and a DDP run: several GB on a GPU, and AutoDL's
+    # system disk is small. Deleted however the checks end.
+    work = Path(tempfile.mkdtemp(prefix="qwen-kit-doctor-"))
+    cache_was_set = "QWEN_KIT_CACHE" in os.environ
+    os.environ.setdefault("QWEN_KIT_CACHE", str(work / "cache"))
+    try:
+        checks += _self_checks(work, on_gpu, capability, attn)
+    finally:
+        if not cache_was_set:
+            os.environ.pop("QWEN_KIT_CACHE", None)
+        shutil.rmtree(work, ignore_errors=True)
+        if work.exists():
+            print(f"qwen_kit: could not delete the doctor's temporary folder {work}; delete it by hand",
+                  file=sys.stderr)
     report = {"environment": env, "checks": [asdict(c) for c in checks],
               "seconds": round(time.perf_counter() - started, 1)}
     Path(report_path).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")

@@ -57,7 +57,7 @@ def main() -> None:
 
                 docs = open_knowledge(persona.documents, Embedder(None), cfg)
             real = real_path_persona(cfg, loaded, persona, probes, docs)
-            rows.append(real.row("asked"))
+            rows.append(real.row("fact in the prompt"))
             details["real path"] = real.details
         title = f"Persona {persona.name}: {a.probes}, model {a.model}"
         report = write_table(Path(a.out), "persona_eval", title, rows, details)

@@ -289,7 +289,10 @@ def real_path_memory(cfg: Any, loaded: Any, embedder: Any, dialogue: list[dict[s
 def real_path_persona(cfg: Any, loaded: Any, persona: Any, probes: list[dict[str, Any]], persona_knowledge: Any = None,
                       progress: bool = True) -> RealPathResult:
     """Every probe in one conversation with ``chat.py --persona``, after its greeting: in
-    character when the answer holds an expected string and no forbidden one."""
+    character when the answer holds an expected string and no forbidden one; found when one
+    of them was in what the model was shown (the card, a lore entry, a document, an earlier
+    turn) apart from the probe's own question, so a right answer can be told from a lucky one
+    and a lore entry that never fired shows."""
     from tqdm import tqdm
 
     from qwen_kit.chat.cli import assemble_chat
@@ -297,7 +300,13 @@ def real_path_persona(cfg: Any, loaded: Any, persona: Any, probes: list[dict[str
     result = RealPathResult("persona")
     chat = assemble_chat(cfg, loaded, persona=persona, persona_knowledge=persona_knowledge)
     for row in tqdm(probes, desc="persona, real path", disable=not progress, leave=False):
-        answer = chat.engine.start_turn(row["user"]).run()
+        turn = chat.engine.start_turn(row["user"])
+        shown = turn.prompt or "\n".join(m["content"] for m in turn.messages)
+        if row["user"] in shown:  # the question itself is no evidence
+            before, _, after = shown.rpartition(row["user"])
+            shown = before + after
+        found = _contains(shown, row["expect_any"])
+        answer = turn.run()
         good = _contains(answer, row["expect_any"]) and not _contains(answer, row.get("forbid", []))
-        result.add(_lang(row["user"]), good, True, {"user": row["user"], "answer": answer})
+        result.add(_lang(row["user"]), good, found, {"user": row["user"], "answer": answer})
     return result

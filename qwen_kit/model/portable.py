@@ -9,7 +9,10 @@ transformers 5 changed how a folder is written, and older readers do not complai
   as a list, neither of which transformers 4 can load; the chat template only in
   ``chat_template.jinja``, which transformers before 4.47 does not look for.
 - ``generation_config.json``: a fine-tune of a base model keeps the base's end-of-text id only,
-  so a ChatML reply never stops at ``<|im_end|>`` in vLLM or a plain ``generate()``.
+  so a ChatML reply never stops at ``<|im_end|>`` in vLLM or a plain ``generate()``. An explicit
+  ``null`` for ``do_sample``, ``num_beams`` or ``top_k`` is unset to transformers 5 (greedy, one
+  beam, top-k 50) but sampling / beam search / no top-k to transformers 4. A repair never adds or
+  changes a sampling value: how a model decodes is not a portability question.
 
 Every folder the kit writes goes through :func:`save_model` and :func:`save_tokenizer`;
 :func:`make_folder_portable` repairs folders written before (``make portable MODEL=…``), and
@@ -82,6 +85,10 @@ def _tokenizer_fixes(config: dict[str, Any], folder: Path) -> list[str]:
     return changes
 
 
+# generation_config.json fields whose explicit null transformers 4 and 5 read differently
+_NULL_MISREAD = {"do_sample": "sampling", "num_beams": "beam search", "top_k": "no top-k"}
+
+
 def _generation_fixes(gen: dict[str, Any], end_ids: list[int]) -> list[str]:
     changes: list[str] = []
     current = gen.get("eos_token_id")
@@ -90,10 +97,14 @@ def _generation_fixes(gen: dict[str, Any], end_ids: list[int]) -> list[str]:
     if end_ids and sorted(wanted) != sorted(current):
         gen["eos_token_id"] = wanted
         changes.append(f"generation eos_token_id: {current} -> {wanted}")
-    if not any(k in gen for k in ("temperature", "top_p", "top_k")):
-        gen.update(QWEN25_SAMPLING)
-        changes.append("generation sampling defaults: Qwen2.5-Instruct's (temperature 0.7, top_p 0.8, top_k 20, "
-                       "repetition_penalty 1.05)")
+    # How the model decodes is its author's choice (Qwen2.5 base models ship greedy configs): no
+    # sampling value is ever added or changed. Only an explicit null is dropped where the readers
+    # disagree on it; transformers 5 reads it as unset (its default), transformers 4 as "off".
+    for key in _NULL_MISREAD:
+        if key in gen and gen[key] is None:
+            del gen[key]
+            changes.append(f"generation {key}: null removed (transformers 4 reads it as {_NULL_MISREAD[key]}, "
+                           "transformers 5 as its default; both now read the default)")
     return changes
 
 

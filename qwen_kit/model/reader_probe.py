@@ -116,10 +116,16 @@ def probe(folder: str, logits: bool = False) -> dict:
     report["config"] = _config_report(config)
     try:
         gen = GenerationConfig.from_pretrained(folder)
-        # transformers 5 leaves unset values as None and applies these defaults at generate time
-        unset = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
+        # A None means "unset" to transformers 5, which applies these defaults at generate time,
+        # but "off" to transformers 4 (no top-k; and it samples unless do_sample is exactly False).
+        unset = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
+        if int(transformers.__version__.split(".")[0]) < 5:
+            unset["top_k"] = 0
+        mode = gen.get_generation_mode()
         report["generation"] = {"eos_token_ids": _ids(gen.eos_token_id), "pad_token_id": gen.pad_token_id,
-                                **{k: d if getattr(gen, k, None) is None else getattr(gen, k) for k, d in unset.items()}}
+                                "mode": getattr(mode, "value", str(mode)),
+                                **{k: d if getattr(gen, k, None) is None else getattr(gen, k)
+                                   for k, d in unset.items()}}
     except OSError:
         report["generation"] = None
         report["problems"].append("no generation_config.json")

@@ -50,7 +50,14 @@ def test_persona_real_path_asks_every_probe_in_one_conversation(tiny):
     from qwen_kit.chat.persona import load_persona
 
     persona = load_persona(ROOT / "data/personas/card_v2_example.json")
-    probes = [{"user": "What is your name?", "expect_any": ["Ada"]}, {"user": "Where is your workshop?",
-                                                                      "expect_any": ["Cockburn"]}]
+    # found: the fact the answer needs reached the prompt. The name is in the card itself; the
+    # workshop's street only in a lore entry keyed on "workshop"/"tools", which the second probe
+    # does not say and the third does; the fourth asks for a fact the card never gives.
+    probes = [{"user": "What is your name?", "expect_any": ["Ada"]},
+              {"user": "Where do you repair clocks?", "expect_any": ["Cockburn"]},
+              {"user": "Where is your workshop?", "expect_any": ["Cockburn"]},
+              {"user": "Is your favourite city Zanzibar?", "expect_any": ["Zanzibar"]}]
     result = real_path_persona(ChatConfig(greedy=True, max_new_tokens=4), tiny, persona, probes, progress=False)
-    assert result.asked == 2 and len(result.details) == 2 and result.found == 2
+    assert result.asked == 4 and [d["user"] for d in result.details] == [p["user"] for p in probes]
+    assert [d["found"] for d in result.details] == [True, False, True, False]
+    assert result.found == 2 and result.row("fact in the prompt")["fact in the prompt"] == 0.5

@@ -158,3 +158,72 @@ def test_the_demo_conversion_reads_the_same_under_transformers_4_and_5():
     from qwen_kit.model import resolve_model
 
     _assert_same_model(resolve_model("demo").path, rope_base=100000.0)
+
+
+def _with_generation_config(tiny_qwen_dir, folder: Path, generation: dict) -> Path:
+    """The fixture with another generation_config.json, e.g. the greedy one a Qwen2.5 base model ships."""
+    shutil.copytree(tiny_qwen_dir, folder)
+    (folder / "generation_config.json").write_text(json.dumps(generation), encoding="utf-8")
+    return folder
+
+
+def _eot(tiny_qwen_dir) -> int:
+    specials = json.loads((tiny_qwen_dir / "tokenizer.json").read_text())["added_tokens"]
+    return next(t["id"] for t in specials if t["content"] == "<|endoftext|>")
+
+
+# Qwen2.5-0.5B's (base) generation_config.json, with the fixture's <|endoftext|> id
+BASE_GREEDY = {"bos_token_id": None, "do_sample": False, "eos_token_id": None, "max_new_tokens": 2048,
+               "transformers_version": "4.37.0"}
+
+
+@pytest.mark.parametrize("kind", ["base-model greedy", "nothing about decoding"])
+def test_make_portable_never_changes_how_a_model_decodes(tiny_qwen_dir, tmp_path, kind):
+    eot = _eot(tiny_qwen_dir)
+    generation = ({**BASE_GREEDY, "bos_token_id": eot, "eos_token_id": eot} if kind == "base-model greedy"
+                  else {"bos_token_id": eot, "eos_token_id": eot})
+    folder = _with_generation_config(tiny_qwen_dir, tmp_path / "m", generation)
+    res = run_script("portable.py", str(folder))
+    assert res.returncode == 0, res.stderr.decode()
+    after = json.loads((folder / "generation_config.json").read_text())
+    # Only the ChatML end id is added; every decoding field is as the model's author wrote it.
+    assert after["eos_token_id"][-1] == eot and len(after["eos_token_id"]) == 2
+    assert {k: v for k, v in after.items() if k != "eos_token_id"} == {k: v for k, v in generation.items()
+                                                                       if k != "eos_token_id"}
+    again = run_script("portable.py", str(folder))
+    assert "already portable, nothing to change" in again.stderr.decode()
+    assert json.loads((folder / "generation_config.json").read_text()) == after
+
+
+def _decoding(folder: Path) -> dict[str, dict]:
+    """How each reader would decode with ``folder``'s generation config (mode and sampling values)."""
+    reports = check_folder(folder, _readers())["reports"]
+    return {r["name"]: {k: v for k, v in r["generation"].items() if k not in ("eos_token_ids", "pad_token_id")}
+            for r in reports}
+
+
+@needs_tf4
+def test_a_greedy_model_decodes_greedily_under_transformers_4_and_5_before_and_after_repair(tiny_qwen_dir,
+                                                                                            tmp_path):
+    eot = _eot(tiny_qwen_dir)
+    folder = _with_generation_config(tiny_qwen_dir, tmp_path / "base",
+                                     {**BASE_GREEDY, "bos_token_id": eot, "eos_token_id": eot})
+    before = _decoding(folder)
+    assert before["kit"]["mode"] == before["transformers4"]["mode"] == "greedy_search"
+    assert run_script("portable.py", str(folder)).returncode == 0
+    assert _decoding(folder) == before
+
+
+@needs_tf4
+def test_repair_makes_the_two_readers_agree_on_a_config_they_read_differently(tiny_qwen_dir, tmp_path):
+    # An explicit null means "unset" to transformers 5 (greedy, top_k 50) but "off" to transformers
+    # 4, which samples when do_sample is not False and applies no top-k when top_k is None.
+    eot = _eot(tiny_qwen_dir)
+    folder = _with_generation_config(tiny_qwen_dir, tmp_path / "nulls", {"bos_token_id": eot, "eos_token_id": eot,
+                                                                       "do_sample": None, "top_k": None})
+    before = _decoding(folder)
+    assert before["kit"] != before["transformers4"]  # the misreading this repairs
+    assert run_script("portable.py", str(folder)).returncode == 0
+    after = _decoding(folder)
+    assert after["kit"] == after["transformers4"] == before["kit"]  # the kit's decoding is unchanged
+    assert check_folder(folder, _readers())["disagreements"]["transformers4"] == []

@@ -319,17 +319,28 @@ def _kit_members(folder):
     return code, zipfile.ZipFile(io.BytesIO(base64.b64decode(blob))).namelist()
 
 
-def test_a_kernel_carries_only_what_its_job_needs_and_pins_what_it_installs(tmp_path):
+def _git_status(path: Path) -> str:
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_a_kernel_carries_only_what_its_job_needs_and_pins_what_it_installs(tmp_path, monkeypatch):
+    from qwen_kit.kaggle import publish
     from qwen_kit.kaggle.publish import KernelSpec, build_kernel
 
-    private = ROOT / "data" / "my_private_rows.json"  # a user's own data, placed in data/
-    private.write_text("[]", encoding="utf-8")
-    try:
-        code, chat = _kit_members(build_kernel(KernelSpec("alice/qwen-kit-chat", "chat"), tmp_path / "chat"))
-        _, lora = _kit_members(build_kernel(KernelSpec("alice/qwen-kit-lora", "lora"), tmp_path / "lora"))
-        _, persona = _kit_members(build_kernel(KernelSpec("alice/qwen-kit-persona", "persona"), tmp_path / "p"))
-    finally:
-        private.unlink()
+    # A copy of the checkout, so the user's own data can be placed in its data/ without
+    # touching this repository's.
+    kit = tmp_path / "checkout"
+    for part in ("qwen_kit", "platforms", "data", "configs", "scripts", "requirements"):
+        shutil.copytree(ROOT / part, kit / part, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(publish, "REPO", kit)
+    (kit / "data" / "my_private_rows.json").write_text("[]", encoding="utf-8")  # a user's own data
+    repo_data = _git_status(ROOT / "data")
+
+    code, chat = _kit_members(build_kernel(KernelSpec("alice/qwen-kit-chat", "chat"), tmp_path / "chat"))
+    _, lora = _kit_members(build_kernel(KernelSpec("alice/qwen-kit-lora", "lora"), tmp_path / "lora"))
+    _, persona = _kit_members(build_kernel(KernelSpec("alice/qwen-kit-persona", "persona"), tmp_path / "p"))
+    assert _git_status(ROOT / "data") == repo_data
     assert not [m for m in chat if m.startswith(("data/", "configs/"))], chat
     assert any(m.startswith("qwen_kit/") for m in chat) and any(m.startswith("platforms/") for m in chat)
     assert "data/sample_alpaca.json" in lora and "configs/lora_qwen2.5_1.5b.yaml" in lora and "scripts/sft.py" in lora
