@@ -166,6 +166,14 @@ def test_settings_no_backend_accepts_are_refused(batcher, field, value):
         batcher.submit([1, 2, 3], GenerationSettings(**{field: value}))
 
 
+def test_the_terminal_refuses_bad_settings_before_loading_a_model():
+    from tests.conftest import run_script
+
+    res = run_script("chat.py", "--model", "demo", "--top-p", "1.5", timeout=120)
+    err = res.stderr.decode()
+    assert res.returncode == 2 and "top_p must be between 0 and 1" in err and "Traceback" not in err
+
+
 # -- remote backends: the same settings, in the form their APIs take ------------------------------
 
 def openai_body(**settings) -> dict:
