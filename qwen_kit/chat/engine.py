@@ -135,9 +135,10 @@ class Turn:
         if engine.settings.seed is not None:
             torch.manual_seed(engine.settings.seed)
         kwargs = engine.settings.generate_kwargs(inputs["input_ids"].shape[1])
+        ends = [] if engine.settings.ignore_eos else engine.eos_token_ids  # [] is none, not the model's own
         try:
             with torch.inference_mode():
-                engine.generate(**inputs, streamer=streamer, eos_token_id=engine.eos_token_ids,
+                engine.generate(**inputs, streamer=streamer, eos_token_id=ends,
                                 pad_token_id=engine.pad_token_id, stopping_criteria=_stop_when(self.stopped),
                                 **kwargs)
         except Exception as err:
@@ -146,7 +147,7 @@ class Turn:
             self.stats.total_s = time.perf_counter() - start
         if sink is not None and not sink.hit:
             sink.flush()
-        self.stats.stopped_at_eos = self.stats.last_token_id in self.engine.eos_token_ids
+        self.stats.stopped_at_eos = self.stats.last_token_id in ends
         self.stats.finish_reason = ("stop" if self.stats.stopped_at_eos or (sink is not None and sink.hit) else
                                     "cancelled" if self.stopped.is_set() else "length")
 

@@ -215,3 +215,26 @@ def test_vllm_sampling_params_follow_the_kits_settings():
     assert sampling_params(GenerationSettings(ignore_eos=True), [])["ignore_eos"] is True
     assert sampling_params(GenerationSettings(), [])["stop"] is None
 
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_ignore_eos_runs_to_max_new_tokens_on_either_backend(peaked, batched):
+    """Benchmarks ask every backend for exactly max_new_tokens with ignore_eos."""
+    first = ChatEngine(peaked.model, peaked.tokenizer, settings=GenerationSettings(max_new_tokens=4, greedy=True),
+                       eos_token_ids=NEVER)
+    turn = first.start_turn("hello")
+    turn.run()
+    end_id = turn.stats.last_token_id  # a token the greedy reply produces: made the end id below
+    own = ContinuousBatcher(peaked.model, peaked.tokenizer, [end_id], max_batch=2) if batched else None
+    try:
+        for ignore_eos, reason in ((False, "stop"), (True, "length")):
+            engine = ChatEngine(peaked.model, peaked.tokenizer, eos_token_ids=[end_id],
+                                backend=BatchedBackend(own, peaked.tokenizer) if batched else None,
+                                settings=GenerationSettings(max_new_tokens=12, greedy=True, ignore_eos=ignore_eos))
+            turn = engine.start_turn("hello")
+            turn.run()
+            assert turn.stats.finish_reason == reason
+            assert (turn.stats.new_tokens == 12) == ignore_eos
+    finally:
+        if own is not None:
+            own.close()
