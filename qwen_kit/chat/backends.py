@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from qwen_kit.chat.detokenize import IncrementalDecoder
+from qwen_kit.chat.sampling import GenerationSettings
 from qwen_kit.errors import UserError
 
 
@@ -64,27 +66,6 @@ class StopFilter:
         self.pending = ""
 
 
-class IncrementalDecoder:
-    """Token ids in, new text out, never splitting a multi-byte character."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer, self.ids, self.emitted = tokenizer, [], ""
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # half a character: wait for the rest
-            return ""
-        new, self.emitted = text[len(self.emitted):], text
-        return new
-
-    def flush(self) -> str:
-        """At the end: whatever is left, a cut-off character included (as the terminal shows it)."""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        new, self.emitted = text[len(self.emitted):], text
-        return new
-
-
 class BatchedBackend:
     """The embedded model behind the continuous batcher (:mod:`qwen_kit.serve.batching`)."""
 
@@ -100,16 +81,13 @@ class BatchedBackend:
         return cls(ContinuousBatcher(loaded.model, loaded.tokenizer, loaded.eos_token_ids, max_batch=max_batch,
                                      max_context=max_context), loaded.tokenizer)
 
-    def generate(self, prompt: str, messages: list[dict[str, str]], settings: Any, stop: list[str],
+    def generate(self, prompt: str, messages: list[dict[str, str]], settings: GenerationSettings, stop: list[str],
                  stopped: threading.Event, on_piece: Callable[[str], None], stats: Any) -> str:
-        from qwen_kit.serve.batching import Finished, Sampling
+        from qwen_kit.chat.engine import GenerationFailed
+        from qwen_kit.serve.batching import Finished
 
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        sampling = Sampling(greedy=settings.greedy, temperature=settings.temperature, top_p=settings.top_p,
-                            top_k=settings.top_k, repetition_penalty=settings.repetition_penalty, seed=settings.seed,
-                            penalize_prompt=settings.penalize_prompt)
-        request = self.batcher.submit(ids, settings.max_new_tokens, sampling,
-                                      eos_ids=[] if settings.ignore_eos else None)
+        request = self.batcher.submit(ids, settings)
         decoder, sink = IncrementalDecoder(self.tokenizer), StopFilter(stop, on_piece)
         start = time.perf_counter()
         while True:
@@ -118,6 +96,10 @@ class BatchedBackend:
             except queue.Empty:
                 if stopped.is_set():
                     request.cancel()
+                # the batcher ends every request it holds, even when its thread dies; this is the
+                # last guard against waiting for ever (a thread killed outside Python's control)
+                if not self.batcher.running and request._out.empty() and not request.ended:
+                    raise GenerationFailed("generation failed: the generation engine stopped") from None
                 continue
             if isinstance(item, Finished):
                 break
@@ -133,8 +115,6 @@ class BatchedBackend:
                 request.cancel()
         stats.total_s = time.perf_counter() - start
         if item.reason == "error":
-            from qwen_kit.chat.engine import GenerationFailed
-
             raise GenerationFailed(item.error or "generation failed")
         if sink.hit:
             return "stop"
@@ -201,14 +181,21 @@ class OpenAIBackend:
             raise UserError(f"{self.base_url}/models lists no model; name one with --api-model")
         return models[0]["id"]
 
-    def body(self, messages: list[dict[str, str]], settings: Any, stop: list[str]) -> dict[str, Any]:
+    def body(self, messages: list[dict[str, str]], settings: GenerationSettings, stop: list[str]) -> dict[str, Any]:
+        """The request for ``settings``. OpenAI's own fields, plus ``top_k`` and
+        ``repetition_penalty`` as vLLM, SGLang and the kit's server take them; each is sent only
+        when it changes something (api.openai.com refuses fields it does not know)."""
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True,
                                 "stream_options": {"include_usage": True},
                                 "max_tokens": settings.max_new_tokens}
-        if settings.greedy:
+        if not settings.samples:  # greedy, temperature 0, top_p 0 or top_k 1: the likeliest token
             body["temperature"] = 0
         else:
             body.update(temperature=settings.temperature, top_p=settings.top_p)
+            if settings.top_k > 0:
+                body["top_k"] = settings.top_k
+        if settings.repetition_penalty != 1.0:
+            body["repetition_penalty"] = settings.repetition_penalty
         if settings.seed is not None:
             body["seed"] = settings.seed
         if stop:
@@ -217,7 +204,7 @@ class OpenAIBackend:
             body["ignore_eos"] = True  # vLLM's and the kit's extension
         return body
 
-    def generate(self, prompt: str, messages: list[dict[str, str]], settings: Any, stop: list[str],
+    def generate(self, prompt: str, messages: list[dict[str, str]], settings: GenerationSettings, stop: list[str],
                  stopped: threading.Event, on_piece: Callable[[str], None], stats: Any) -> str:
         import httpx
 

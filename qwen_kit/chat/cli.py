@@ -99,7 +99,8 @@ def build_chat(cfg: ChatConfig) -> Chat:
 def load_chat_model(cfg: ChatConfig) -> Any:
     """The model and tokenizer ``cfg`` names (the demo model when no default can be had).
     With ``--backend openai`` only a tokenizer is loaded (for the prompt budget), or none."""
-    search_options(cfg)  # a bad search flag fails before minutes of loading
+    search_options(cfg)  # a bad search or sampling flag fails before minutes of loading
+    generation_settings(cfg)
     if cfg.backend == "openai":
         from qwen_kit.chat.backends import remote_model
 
@@ -120,9 +121,11 @@ def load_chat_model(cfg: ChatConfig) -> Any:
 def generation_settings(cfg: ChatConfig) -> GenerationSettings:
     if cfg.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {cfg.max_new_tokens}")
-    return GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                              top_k=cfg.sample_top_k, repetition_penalty=cfg.repetition_penalty,
-                              greedy=cfg.greedy, seed=cfg.seed, penalize_prompt=cfg.penalize_prompt)
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  top_k=cfg.sample_top_k, repetition_penalty=cfg.repetition_penalty,
+                                  greedy=cfg.greedy, seed=cfg.seed, penalize_prompt=cfg.penalize_prompt)
+    settings.check()
+    return settings
 
 
 def context_budget(cfg: ChatConfig, loaded: Any) -> tuple[int, int]:

@@ -9,45 +9,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from qwen_kit.chat.detokenize import IncrementalDecoder
 from qwen_kit.chat.prompt import Round, build_messages, count_tokens, fit_rounds, render_prompt
+from qwen_kit.chat.sampling import GenerationSettings
 from qwen_kit.errors import UserError
 
-
-@dataclass
-class GenerationSettings:
-    """Sampling settings. Defaults are Qwen2.5-Instruct's recommended ones."""
-
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 0.8
-    top_k: int = 20
-    repetition_penalty: float = 1.05
-    greedy: bool = False
-    seed: int | None = None
-    ignore_eos: bool = False  # keep going past end ids until max_new_tokens (benchmarks; vLLM's field)
-    # the repetition penalty counts the reply's own tokens only (True: the prompt's too, as
-    # transformers' generate does; that also penalises the names and facts a persona, a source
-    # or a memory puts in the prompt, which is what the answer should repeat; docs/benchmarks.md)
-    penalize_prompt: bool = False
-
-    def generate_kwargs(self, prompt_tokens: int | None = None) -> dict[str, Any]:
-        """Keyword arguments for ``model.generate``. ``prompt_tokens``: the prompt's length, so
-        the repetition penalty can skip it (without it, generate's rule: prompt and reply)."""
-        if self.greedy:
-            out: dict[str, Any] = {"do_sample": False, "max_new_tokens": self.max_new_tokens,
-                                   "temperature": None, "top_p": None, "top_k": None}
-        else:
-            out = {"do_sample": True, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                   "top_p": self.top_p, "top_k": self.top_k}
-        if self.penalize_prompt or prompt_tokens is None or self.repetition_penalty == 1.0:
-            out["repetition_penalty"] = self.repetition_penalty
-        else:
-            from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
-
-            out["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(
-                self.repetition_penalty, prompt_ignore_length=prompt_tokens)])
-            out["repetition_penalty"] = 1.0  # not a second, prompt-wide one from the generation config
-        return out
+__all__ = ["ChatEngine", "GenerationFailed", "GenerationSettings", "Turn", "TurnStats", "combine_contexts",
+           "repeated_replies_left_out"]
 
 
 class GenerationFailed(RuntimeError):
@@ -67,36 +35,32 @@ class TurnStats:
 
 class _PieceStreamer:
     """Receives token ids from ``generate``, counts and times them, and hands decoded text
-    pieces to ``on_piece`` (transformers' TextStreamer does the word-boundary decoding)."""
+    pieces to ``on_piece`` (the same :class:`IncrementalDecoder` as the batched backend's)."""
 
     def __init__(self, tokenizer: Any, stats: TurnStats, start: float, on_piece: Callable[[str], None]):
-        from transformers import TextStreamer
-
-        outer = self
-
-        class _Text(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text:
-                    outer.on_piece(text)
-
-        self._text = _Text(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.decoder = IncrementalDecoder(tokenizer)
         self.stats, self.start, self.on_piece = stats, start, on_piece
         self._seen_prompt = False
 
     def put(self, value: Any) -> None:
         if not self._seen_prompt:  # generate() first hands over the prompt ids
             self._seen_prompt = True
-        else:
-            ids = value.reshape(-1).tolist()
-            if ids:
-                if self.stats.first_token_s is None:
-                    self.stats.first_token_s = time.perf_counter() - self.start
-                self.stats.new_tokens += len(ids)
-                self.stats.last_token_id = ids[-1]
-        self._text.put(value)
+            return
+        ids = value.reshape(-1).tolist()
+        if ids:
+            if self.stats.first_token_s is None:
+                self.stats.first_token_s = time.perf_counter() - self.start
+            self.stats.new_tokens += len(ids)
+            self.stats.last_token_id = ids[-1]
+        for token_id in ids:
+            piece = self.decoder.add(token_id)
+            if piece:
+                self.on_piece(piece)
 
     def end(self) -> None:
-        self._text.end()
+        piece = self.decoder.flush()
+        if piece:
+            self.on_piece(piece)
 
 
 _DONE = object()
@@ -171,9 +135,10 @@ class Turn:
         if engine.settings.seed is not None:
             torch.manual_seed(engine.settings.seed)
         kwargs = engine.settings.generate_kwargs(inputs["input_ids"].shape[1])
+        ends = [] if engine.settings.ignore_eos else engine.eos_token_ids  # [] is none, not the model's own
         try:
             with torch.inference_mode():
-                engine.generate(**inputs, streamer=streamer, eos_token_id=engine.eos_token_ids,
+                engine.generate(**inputs, streamer=streamer, eos_token_id=ends,
                                 pad_token_id=engine.pad_token_id, stopping_criteria=_stop_when(self.stopped),
                                 **kwargs)
         except Exception as err:
@@ -182,7 +147,7 @@ class Turn:
             self.stats.total_s = time.perf_counter() - start
         if sink is not None and not sink.hit:
             sink.flush()
-        self.stats.stopped_at_eos = self.stats.last_token_id in self.engine.eos_token_ids
+        self.stats.stopped_at_eos = self.stats.last_token_id in ends
         self.stats.finish_reason = ("stop" if self.stats.stopped_at_eos or (sink is not None and sink.hit) else
                                     "cancelled" if self.stopped.is_set() else "length")
 

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from qwen_kit.chat.sampling import GenerationSettings
 from qwen_kit.errors import UserError
 
 INSTALL_HINT = "pip install vllm (on a machine with an NVIDIA GPU)"
@@ -53,6 +54,29 @@ def engine_args(model_path: str, *, capability: tuple[int, int] | None, adapter:
             raise UserError(f"{config}: cannot read the adapter's rank ({err}); pass the folder the LoRA run saved") \
                 from None
         args.update(enable_lora=True, max_loras=1, max_lora_rank=max(16, rank))
+    return args
+
+
+def sampling_params(settings: GenerationSettings, stop: list[str]) -> dict[str, Any]:
+    """The keyword arguments for vLLM's ``SamplingParams`` that ask for what ``settings`` asks
+    of the other backends.
+
+    - temperature 0 is vLLM's greedy; the kit's other ways of keeping only the likeliest token
+      (``greedy``, ``top_p=0``, which vLLM refuses, ``top_k=1``) become it too;
+    - ``top_k=0`` (off) is vLLM's -1;
+    - the repetition penalty: vLLM counts the prompt's tokens as well as the reply's, which is the
+      kit's ``--penalize-prompt``; vLLM has no reply-only penalty, so without that flag the two
+      differ (docs/serve.md);
+    - seeds: vLLM's random numbers are its own, so a seeded reply repeats on vLLM but is not
+      the reply the embedded model gives for that seed.
+    """
+    args: dict[str, Any] = {"max_tokens": settings.max_new_tokens, "stop": stop or None, "seed": settings.seed,
+                            "repetition_penalty": settings.repetition_penalty, "ignore_eos": settings.ignore_eos}
+    if settings.samples:
+        args.update(temperature=settings.temperature, top_p=settings.top_p,
+                    top_k=settings.top_k if settings.top_k > 0 else -1)
+    else:
+        args.update(temperature=0.0, top_p=1.0, top_k=-1)
     return args
 
 
@@ -104,18 +128,13 @@ class VLLMBackend:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="qwen_kit-vllm", daemon=True).start()
 
-    def generate(self, prompt: str, messages: list[dict[str, str]], settings: Any, stop: list[str],
+    def generate(self, prompt: str, messages: list[dict[str, str]], settings: GenerationSettings, stop: list[str],
                  stopped: threading.Event, on_piece: Callable[[str], None], stats: Any) -> str:
         import asyncio
 
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=settings.max_new_tokens, stop=stop or None, seed=settings.seed,
-                                temperature=0.0 if settings.greedy else settings.temperature,
-                                top_p=1.0 if settings.greedy else settings.top_p,
-                                top_k=-1 if settings.greedy else settings.top_k,
-                                repetition_penalty=settings.repetition_penalty,
-                                ignore_eos=settings.ignore_eos)
+        params = SamplingParams(**sampling_params(settings, stop))
         request_id = uuid.uuid4().hex
         start, result = time.perf_counter(), {"reason": "stop", "sent": 0}
 

@@ -139,12 +139,3 @@ def test_replies_repeated_word_for_word_are_left_out_of_the_prompt(tiny):
     engine.drop_repeated_replies = False
     assert engine.start_turn("And my dog?").prompt.count("I am not sure.") == 2
 
-
-def test_the_repetition_penalty_skips_the_prompt_unless_asked(tiny):
-    """The prompt's names and facts are what an answer should repeat: only the reply's own
-    tokens are penalised, unless penalize_prompt (generate's rule)."""
-    reply_only = GenerationSettings(repetition_penalty=1.3).generate_kwargs(prompt_tokens=17)
-    processor = reply_only["logits_processor"][0]
-    assert reply_only["repetition_penalty"] == 1.0 and processor.prompt_ignore_length == 17
-    everything = GenerationSettings(repetition_penalty=1.3, penalize_prompt=True).generate_kwargs(prompt_tokens=17)
-    assert everything["repetition_penalty"] == 1.3 and "logits_processor" not in everything
