@@ -228,7 +228,8 @@ def check_batching(folder: Path) -> Check:
     import threading
 
     from qwen_kit.model import LoadOptions, load_model
-    from qwen_kit.serve.batching import ContinuousBatcher, Finished, Sampling
+    from qwen_kit.chat.sampling import GenerationSettings
+    from qwen_kit.serve.batching import ContinuousBatcher, Finished
 
     loaded = load_model(str(folder), LoadOptions(dtype="float32"), quiet=True)
     tok = loaded.tokenizer
@@ -242,12 +243,13 @@ def check_batching(folder: Path) -> Check:
         # seeded sampling at temperature 1: a random model's greedy reply is one token repeated,
         # sampled replies differ from token to token, so a wrong cache or mask shows
         def sampling(i):
-            return Sampling(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=i)
+            return GenerationSettings(max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0,
+                                      repetition_penalty=1.0, seed=i)
 
-        alone = [tokens(batcher.submit(p, 12, sampling(i))) for i, p in enumerate(prompts)]
+        alone = [tokens(batcher.submit(p, sampling(i))) for i, p in enumerate(prompts)]
         requests, together = [], [None] * len(prompts)
         for i, p in enumerate(prompts):
-            requests.append(batcher.submit(p, 12, sampling(i)))
+            requests.append(batcher.submit(p, sampling(i)))
         threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, tokens(requests[i])))
                    for i in range(len(prompts))]
         [t.start() for t in threads]
