@@ -228,8 +228,8 @@ def check_batching(folder: Path) -> Check:
     import threading
 
     from qwen_kit.model import LoadOptions, load_model
-    from qwen_kit.chat.sampling import GenerationSettings
-    from qwen_kit.serve.batching import ContinuousBatcher, Finished
+    from qwen_kit.generation.sampling import GenerationSettings
+    from qwen_kit.generation.batching import ContinuousBatcher, Finished
 
     loaded = load_model(str(folder), LoadOptions(dtype="float32"), quiet=True)
     tok = loaded.tokenizer
@@ -277,7 +277,7 @@ def check_vllm(on_gpu: bool, folder: Path | None = None) -> Check:
 
     from qwen_kit.chat.engine import GenerationSettings, TurnStats
     from qwen_kit.model.load import pick_device
-    from qwen_kit.serve.vllm import VLLMBackend, engine_args
+    from qwen_kit.generation.vllm import VLLMBackend, engine_args
 
     _, capability = pick_device("cuda")
     args = engine_args(str(folder), capability=capability, gpus=torch.cuda.device_count(), max_context=512,

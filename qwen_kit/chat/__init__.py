@@ -2,6 +2,6 @@
 
 from qwen_kit.chat.engine import ChatEngine, Turn
 from qwen_kit.chat.prompt import Round, build_messages, fit_rounds, render_prompt
-from qwen_kit.chat.sampling import GenerationSettings
+from qwen_kit.generation.sampling import GenerationSettings
 
 __all__ = ["ChatEngine", "GenerationSettings", "Round", "Turn", "build_messages", "fit_rounds", "render_prompt"]

@@ -102,11 +102,11 @@ def load_chat_model(cfg: ChatConfig) -> Any:
     search_options(cfg)  # a bad search or sampling flag fails before minutes of loading
     generation_settings(cfg)
     if cfg.backend == "openai":
-        from qwen_kit.chat.backends import remote_model
+        from qwen_kit.generation.backends import remote_model
 
         return remote_model(cfg)
     if cfg.backend == "vllm":
-        from qwen_kit.serve.vllm import load_for_vllm
+        from qwen_kit.generation.vllm import load_for_vllm
 
         return load_for_vllm(cfg)
     name = cfg.model
@@ -177,7 +177,7 @@ def assemble_chat(cfg: ChatConfig, loaded: Any, *, persona: Any = None, persona_
     """A new conversation over an already loaded model, with already opened retrievers and
     memory (the web UI and the API server share them between their conversations; the
     terminal has one). ``backend``: where the text is generated (None: ``loaded``'s model,
-    one reply at a time; see :mod:`qwen_kit.chat.backends`)."""
+    one reply at a time; see :mod:`qwen_kit.generation.backends`)."""
     from qwen_kit.chat.engine import combine_contexts
     from qwen_kit.chat.knowledge import KnowledgeContext
 

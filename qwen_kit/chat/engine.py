@@ -9,73 +9,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from qwen_kit.chat.detokenize import IncrementalDecoder
 from qwen_kit.chat.prompt import Round, build_messages, count_tokens, fit_rounds, render_prompt
-from qwen_kit.chat.sampling import GenerationSettings
 from qwen_kit.errors import UserError
+from qwen_kit.generation.base import GenerationFailed, TurnStats
+from qwen_kit.generation.embedded import EmbeddedBackend
+from qwen_kit.generation.sampling import GenerationSettings
 
 __all__ = ["ChatEngine", "GenerationFailed", "GenerationSettings", "Turn", "TurnStats", "combine_contexts",
            "repeated_replies_left_out"]
 
 
-class GenerationFailed(RuntimeError):
-    """The generation thread raised; the turn ends with this message instead of hanging."""
-
-
-@dataclass
-class TurnStats:
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    first_token_s: float | None = None
-    total_s: float = 0.0
-    stopped_at_eos: bool = False
-    last_token_id: int | None = None
-    finish_reason: str | None = None  # stop (end id or stop string), length, cancelled
-
-
-class _PieceStreamer:
-    """Receives token ids from ``generate``, counts and times them, and hands decoded text
-    pieces to ``on_piece`` (the same :class:`IncrementalDecoder` as the batched backend's)."""
-
-    def __init__(self, tokenizer: Any, stats: TurnStats, start: float, on_piece: Callable[[str], None]):
-        self.decoder = IncrementalDecoder(tokenizer)
-        self.stats, self.start, self.on_piece = stats, start, on_piece
-        self._seen_prompt = False
-
-    def put(self, value: Any) -> None:
-        if not self._seen_prompt:  # generate() first hands over the prompt ids
-            self._seen_prompt = True
-            return
-        ids = value.reshape(-1).tolist()
-        if ids:
-            if self.stats.first_token_s is None:
-                self.stats.first_token_s = time.perf_counter() - self.start
-            self.stats.new_tokens += len(ids)
-            self.stats.last_token_id = ids[-1]
-        for token_id in ids:
-            piece = self.decoder.add(token_id)
-            if piece:
-                self.on_piece(piece)
-
-    def end(self) -> None:
-        piece = self.decoder.flush()
-        if piece:
-            self.on_piece(piece)
-
-
 _DONE = object()
-
-
-def _stop_when(flag: threading.Event) -> Any:
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class _Flag(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            import torch
-
-            return torch.full((input_ids.shape[0],), flag.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([_Flag()])
 
 
 class Turn:
@@ -98,58 +42,20 @@ class Turn:
         self.stopped = threading.Event()  # set: generation ends at the next token
 
     def _generate(self, on_piece: Callable[[str], None]) -> None:
-        import torch
-
         engine = self.engine
 
         def collect(piece: str) -> None:
             self.text += piece
             on_piece(piece)
 
-        if engine.backend is not None:
-            try:
-                self.stats.finish_reason = engine.backend.generate(self.prompt, self.messages, engine.settings,
-                                                                   self.stop, self.stopped, collect, self.stats)
-            except GenerationFailed:
-                raise
-            except Exception as err:
-                raise GenerationFailed(f"generation failed: {type(err).__name__}: {err}") from err
-            return
-        start = time.perf_counter()
-        if self.stop:
-            from qwen_kit.chat.backends import StopFilter
-
-            sink = StopFilter(self.stop, collect)
-
-            def collect_until_stop(piece: str) -> None:
-                sink.feed(piece)
-                if sink.hit:
-                    self.stopped.set()
-
-            streamer = _PieceStreamer(engine.tokenizer, self.stats, start, collect_until_stop)
-        else:
-            sink, streamer = None, None
-
-        streamer = streamer or _PieceStreamer(engine.tokenizer, self.stats, start, collect)
-        inputs = engine.tokenizer(self.prompt, return_tensors="pt", add_special_tokens=False).to(engine.device)
-        if engine.settings.seed is not None:
-            torch.manual_seed(engine.settings.seed)
-        kwargs = engine.settings.generate_kwargs(inputs["input_ids"].shape[1])
-        ends = [] if engine.settings.ignore_eos else engine.eos_token_ids  # [] is none, not the model's own
+        backend = engine.backend if engine.backend is not None else engine.embedded_backend()
         try:
-            with torch.inference_mode():
-                engine.generate(**inputs, streamer=streamer, eos_token_id=ends,
-                                pad_token_id=engine.pad_token_id, stopping_criteria=_stop_when(self.stopped),
-                                **kwargs)
+            self.stats.finish_reason = backend.generate(self.prompt, self.messages, engine.settings, self.stop,
+                                                        self.stopped, collect, self.stats)
+        except GenerationFailed:
+            raise
         except Exception as err:
             raise GenerationFailed(f"generation failed: {type(err).__name__}: {err}") from err
-        finally:
-            self.stats.total_s = time.perf_counter() - start
-        if sink is not None and not sink.hit:
-            sink.flush()
-        self.stats.stopped_at_eos = self.stats.last_token_id in ends
-        self.stats.finish_reason = ("stop" if self.stats.stopped_at_eos or (sink is not None and sink.hit) else
-                                    "cancelled" if self.stopped.is_set() else "length")
 
     def _finish(self) -> None:
         self.engine._record(Round(self.user_text, self.text.strip(), time.time(), dict(self.extras)))
@@ -223,7 +129,7 @@ class ChatEngine:
     on_round: Callable[[Round], None] | None = None
     context_fn: Callable[[str, list[Round]], tuple[str, dict[str, Any]]] | None = None
     context_placement: str = "system"  # or "user": retrieved text quoted before the question
-    backend: Any = None  # None: this process's model, one reply at a time (qwen_kit.chat.backends)
+    backend: Any = None  # None: this process's model, one reply at a time (qwen_kit.generation.backends)
     # rounds whose reply is word for word another round's reply stay in the history but not in
     # the prompt: a small model copies a repeated reply into every later answer (docs/memory.md)
     drop_repeated_replies: bool = True
@@ -246,6 +152,11 @@ class ChatEngine:
 
     def generate(self, **kwargs: Any) -> Any:
         return self.model.generate(**kwargs)
+
+    def embedded_backend(self) -> EmbeddedBackend:
+        """This process's model, one reply at a time (used when no ``backend`` is set)."""
+        return EmbeddedBackend(self.model, self.tokenizer, self.eos_token_ids, self.pad_token_id,
+                               generate_fn=self.generate)
 
     @property
     def budget(self) -> int:

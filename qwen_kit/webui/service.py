@@ -192,7 +192,7 @@ class WebChatService:
             raise UserError(f"--max-batch must be at least 1, got {cfg.max_batch}")
         self.backend = getattr(self.loaded, "backend", None)
         if self.backend is None:
-            from qwen_kit.chat.backends import BatchedBackend
+            from qwen_kit.generation.backends import BatchedBackend
 
             self.backend = BatchedBackend.for_model(self.loaded, max_batch=cfg.max_batch, max_context=self.max_context)
         self.state_lock = threading.RLock()  # prompt building and memory edits

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_kit.chat.detokenize import IncrementalDecoder
+from qwen_kit.generation.detokenize import IncrementalDecoder
 from qwen_kit.chat.engine import ChatEngine, GenerationSettings
 
 TEXTS = ["中文测试：你好，世界！🙂 图书馆几点关门？ emoji 😀 mixed",

@@ -20,7 +20,7 @@ the same prompts one at a time, and its greedy texts differed from the one-at-a-
 left-padded batches of the plain forward pass gave 67 tokens/s with identical texts. The GPU
 answer to serving at scale is vLLM (``--backend vllm``), not a bigger loop here.
 
-Each row's token is chosen by :class:`qwen_kit.chat.sampling.TokenSampler`, the rule the embedded
+Each row's token is chosen by :class:`qwen_kit.generation.sampling.TokenSampler`, the rule the embedded
 backend hands to ``model.generate``, so a request gives the same tokens in a batch as alone and
 as ``generate`` gives them; on CPU in float32 they are identical (tests check it setting by setting).
 """
@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from qwen_kit.chat.sampling import GenerationSettings, TokenSampler
+from qwen_kit.generation.sampling import GenerationSettings, TokenSampler
 from qwen_kit.errors import UserError
 
 

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from qwen_kit.chat.sampling import GenerationSettings
+from qwen_kit.generation.sampling import GenerationSettings
 from qwen_kit.errors import UserError
 
 INSTALL_HINT = "pip install vllm (on a machine with an NVIDIA GPU)"
@@ -84,7 +84,7 @@ def load_for_vllm(cfg: Any) -> Any:
     """The model folder and tokenizer, and a :class:`VLLMBackend` built over them."""
     from transformers import AutoTokenizer
 
-    from qwen_kit.chat.backends import RemoteModel
+    from qwen_kit.generation.backends import RemoteModel
     from qwen_kit.model.load import pick_device
     from qwen_kit.model.resolve import resolve_model
 

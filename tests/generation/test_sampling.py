@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import pytest
 
-from qwen_kit.chat.backends import BatchedBackend, OpenAIBackend
+from qwen_kit.generation.backends import BatchedBackend, OpenAIBackend
 from qwen_kit.chat.engine import ChatEngine
-from qwen_kit.chat.sampling import GenerationSettings
+from qwen_kit.generation.sampling import GenerationSettings
 from qwen_kit.errors import UserError
-from qwen_kit.serve.batching import ContinuousBatcher, Finished
-from qwen_kit.serve.vllm import sampling_params
+from qwen_kit.generation.batching import ContinuousBatcher, Finished
+from qwen_kit.generation.vllm import sampling_params
 
 N = 16  # new tokens per reply
 NEVER = [99999]  # an end id no token has: every reply runs to N tokens

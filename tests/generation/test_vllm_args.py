@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qwen_kit.errors import UserError
-from qwen_kit.serve.vllm import engine_args
+from qwen_kit.generation.vllm import engine_args
 
 ROOT = Path(__file__).resolve().parents[2]
 

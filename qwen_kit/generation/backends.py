@@ -10,7 +10,7 @@ is the same whichever backend answers:
 - :class:`OpenAIBackend`: any OpenAI-compatible server (vLLM, SGLang, ollama, llama.cpp, a
   cloud API, or the kit's own server); the kit keeps retrieval, persona and memory local and
   sends the finished messages;
-- :class:`qwen_kit.serve.vllm.VLLMBackend`: vLLM's engine in this process (GPU).
+- :class:`qwen_kit.generation.vllm.VLLMBackend`: vLLM's engine in this process (GPU).
 
 Every backend has one method, :meth:`generate`, which blocks until the reply ends, hands text
 pieces to ``on_piece``, honours stop strings and the ``stopped`` flag, fills ``stats`` and
@@ -25,49 +25,15 @@ import threading
 import time
 from typing import Any, Callable
 
-from qwen_kit.chat.detokenize import IncrementalDecoder
-from qwen_kit.chat.sampling import GenerationSettings
 from qwen_kit.errors import UserError
-
-
-class StopFilter:
-    """Passes text pieces on, except a stop string and everything after it. Text that might be
-    the start of a stop string is held back until the next piece decides."""
-
-    def __init__(self, stops: list[str], on_piece: Callable[[str], None]):
-        self.stops = [s for s in stops if s]
-        self.on_piece = on_piece
-        self.pending = ""
-        self.hit = False
-
-    def feed(self, piece: str) -> None:
-        if self.hit or not piece:
-            return
-        if not self.stops:
-            self.on_piece(piece)
-            return
-        text = self.pending + piece
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.hit = True
-            self.pending = ""
-            if cut:
-                self.on_piece(text[:cut])
-            return
-        hold = max((n for s in self.stops for n in range(min(len(s) - 1, len(text)), 0, -1)
-                    if text.endswith(s[:n])), default=0)
-        emit, self.pending = (text[:-hold], text[-hold:]) if hold else (text, "")
-        if emit:
-            self.on_piece(emit)
-
-    def flush(self) -> None:
-        if self.pending and not self.hit:
-            self.on_piece(self.pending)
-        self.pending = ""
+from qwen_kit.generation.base import GenerationFailed, StopFilter, TurnStats
+from qwen_kit.generation.batching import ContinuousBatcher, Finished
+from qwen_kit.generation.detokenize import IncrementalDecoder
+from qwen_kit.generation.sampling import GenerationSettings
 
 
 class BatchedBackend:
-    """The embedded model behind the continuous batcher (:mod:`qwen_kit.serve.batching`)."""
+    """The embedded model behind the continuous batcher (:mod:`qwen_kit.generation.batching`)."""
 
     name = "transformers"
 
@@ -76,16 +42,11 @@ class BatchedBackend:
 
     @classmethod
     def for_model(cls, loaded: Any, max_batch: int = 8, max_context: int = 4096) -> "BatchedBackend":
-        from qwen_kit.serve.batching import ContinuousBatcher
-
         return cls(ContinuousBatcher(loaded.model, loaded.tokenizer, loaded.eos_token_ids, max_batch=max_batch,
                                      max_context=max_context), loaded.tokenizer)
 
     def generate(self, prompt: str, messages: list[dict[str, str]], settings: GenerationSettings, stop: list[str],
                  stopped: threading.Event, on_piece: Callable[[str], None], stats: Any) -> str:
-        from qwen_kit.chat.engine import GenerationFailed
-        from qwen_kit.serve.batching import Finished
-
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         request = self.batcher.submit(ids, settings)
         decoder, sink = IncrementalDecoder(self.tokenizer), StopFilter(stop, on_piece)
@@ -207,8 +168,6 @@ class OpenAIBackend:
     def generate(self, prompt: str, messages: list[dict[str, str]], settings: GenerationSettings, stop: list[str],
                  stopped: threading.Event, on_piece: Callable[[str], None], stats: Any) -> str:
         import httpx
-
-        from qwen_kit.chat.engine import GenerationFailed
 
         start, reason = time.perf_counter(), "stop"
         try:

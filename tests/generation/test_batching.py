@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from qwen_kit.chat.sampling import GenerationSettings
-from qwen_kit.serve.batching import BatchingStopped, ContinuousBatcher, Finished
+from qwen_kit.generation.sampling import GenerationSettings
+from qwen_kit.generation.batching import BatchingStopped, ContinuousBatcher, Finished
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +221,7 @@ def test_submitting_while_closing_never_leaves_a_request_without_an_end(sharp):
 def test_backend_generate_returns_whatever_happens_to_the_scheduler(sharp):
     """BatchedBackend.generate never waits for ever: if the scheduler thread dies (here from an
     exception no handler catches), the turn fails instead of polling."""
-    from qwen_kit.chat.backends import BatchedBackend
+    from qwen_kit.generation.backends import BatchedBackend
     from qwen_kit.chat.engine import GenerationFailed, GenerationSettings, TurnStats
 
     class Dies(PrefillFails):
