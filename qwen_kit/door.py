@@ -9,7 +9,10 @@ The checks that stop this:
 - **Host**: only names the server listens as are answered: the loopback names, the address it
   is bound to, and any name added with ``--allowed-hosts`` (a rebinding page's requests carry
   its own name). On a wildcard bind (``0.0.0.0``, ``::``) every IP literal is accepted too: a
-  rebinding page cannot make the browser send an IP address as its Host.
+  rebinding page cannot make the browser send an IP address as its Host. A server reachable
+  from other machines *and* behind keys or logins answers any Host: a rebinding page has
+  neither the key nor the login cookie, and proxies such as AutoDL's custom service forward
+  names the kit cannot know in advance.
 - **Origin**: a browser request (one with an ``Origin`` header) is refused unless it comes from
   the server's own origin or one listed with ``--allowed-origins``; those get CORS headers.
   Requests without ``Origin`` (curl, the ``openai`` client, servers) are not from a browser.
@@ -60,8 +63,12 @@ class DoorPolicy:
     @classmethod
     def for_address(cls, host: str, allowed_hosts: Iterable[str] | None = None,
                     allowed_origins: Iterable[str] | None = None, share: bool = False, json_posts: bool = False,
-                    cors: bool = False) -> "DoorPolicy":
+                    cors: bool = False, authenticated: bool = False) -> "DoorPolicy":
+        """The policy of a server bound to ``host``; ``authenticated``: every route that gives
+        anything away needs a key or a login."""
         names = set(LOOPBACK_NAMES) | set(_names(allowed_hosts))
+        if authenticated and not is_loopback(host):
+            names.add("*")
         if host.lower() not in WILDCARDS:
             names.add(host.strip("[]").lower())
         if share:

@@ -458,7 +458,8 @@ def create_app(api: ApiService, host: str = "127.0.0.1") -> Any:
     """The FastAPI app; ``host``: the address it is bound to (the door answers to it, see
     :mod:`qwen_kit.door`)."""
     cfg = api.cfg
-    policy = DoorPolicy.for_address(host, cfg.allowed_hosts, cfg.allowed_origins, json_posts=True, cors=True)
+    policy = DoorPolicy.for_address(host, cfg.allowed_hosts, cfg.allowed_origins, json_posts=True, cors=True,
+                                    authenticated=bool(api.keys))
     app = FastAPI(title="qwen_kit", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(DoorMiddleware, policy=policy)
 

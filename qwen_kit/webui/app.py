@@ -250,7 +250,8 @@ def run_webui(cfg: WebConfig) -> int:
     page = build_page(service)
     # the API server's Host check, before Gradio sees a request (DNS rebinding: qwen_kit/door.py)
     door = Middleware(DoorMiddleware, policy=DoorPolicy.for_address(address.host, cfg.allowed_hosts,
-                                                                    share=address.share))
+                                                                    share=address.share,
+                                                                    authenticated=address.auth is not None))
     try:
         _, local_url, share_url = page.launch(
             server_name=address.host, server_port=address.port, share=address.share, auth=address.auth,

@@ -613,3 +613,21 @@ def test_a_key_file_with_only_comments_is_refused(tmp_path):
                    "--memory-file", str(tmp_path / "m.txt"), timeout=120)
     err = r.stderr.decode()
     assert r.returncode == 2 and "holds no key" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("bound,kw,host,allowed", [
+    ("127.0.0.1", {}, "127.0.0.1:8000", True), ("127.0.0.1", {}, "localhost:8000", True),
+    ("127.0.0.1", {}, "[::1]:8000", True), ("127.0.0.1", {}, "evil.example:8000", False),
+    ("127.0.0.1", {}, "localhost.evil.example", False), ("127.0.0.1", {}, "", False),
+    ("127.0.0.1", {"authenticated": True}, "evil.example", False),  # loopback: keys do not open it
+    ("127.0.0.1", {"allowed_hosts": ["chat.lab.example,other.example"]}, "chat.lab.example:443", True),
+    ("127.0.0.1", {"allowed_hosts": [".lab.example"]}, "a.b.lab.example", True),
+    ("127.0.0.1", {"allowed_hosts": [".lab.example"]}, "evillab.example", False),
+    ("0.0.0.0", {}, "10.1.2.3:8000", True), ("0.0.0.0", {}, "box.lan:8000", False),
+    ("0.0.0.0", {"authenticated": True}, "u1-abc.autodl.example:8443", True),
+    ("192.168.1.5", {}, "192.168.1.5:8000", True), ("192.168.1.5", {}, "10.0.0.1", False),
+    ("127.0.0.1", {"share": True}, "abcd1234.gradio.live", True)])
+def test_the_door_answers_only_the_names_the_server_listens_as(bound, kw, host, allowed):
+    from qwen_kit.door import DoorPolicy
+
+    assert DoorPolicy.for_address(bound, **kw).host_allowed(host) is allowed
