@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hmac
 import json
 import os
@@ -211,38 +212,80 @@ def stream_usage(body: dict[str, Any]) -> bool:
 
 
 class MemoryWriter:
-    """Writes answered rounds into their users' memories, one at a time, on the API's memory
-    thread (never the event loop). The index caches are saved when no write is waiting, or
-    after SAVE_EVERY rounds of one user under steady load: not rewritten and re-hashed for every
-    reply. (The memory file is appended to at once: the file is the truth, the index a cache
-    that the next start brings up to date.)"""
+    """Writes answered rounds into their users' memories, one at a time, on a thread of its own
+    (never the event loop). The memory file is appended to at once (the file is the truth); the
+    index cache beside it, which a restart brings up to date from the file anyway, is not
+    rewritten and re-hashed for every reply: a user's index is saved when it is new, after
+    SAVE_EVERY rounds, or once the writer has had nothing to do for SAVE_AFTER_S seconds, and
+    at shutdown."""
 
     SAVE_EVERY = 32
+    SAVE_AFTER_S = 10.0
 
     def __init__(self, web: WebChatService):
         self.web = web
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qwen_kit-memory")
         self._count = threading.Lock()
         self.waiting = 0
-        self.dirty: dict[int, Any] = {}
+        self.dirty: dict[str, Any] = {}  # memory user -> memory with rounds not in its saved index
+        self.saved_at: dict[str, float] = {}
+        self.timer: threading.Timer | None = None
 
-    def waiting_more(self) -> None:
+    def submit(self, job: Any) -> concurrent.futures.Future:
+        """Run ``job()`` on the writer's thread, after the writes queued before it."""
         with self._count:
             self.waiting += 1
 
+        def run() -> None:
+            try:
+                job()
+            finally:
+                self._done()
+
+        return self.pool.submit(run)
+
     def write(self, memory: Any, round_: Any) -> None:
+        """On the writer's thread: append the round to the file and to the in-memory index."""
         with self.web.state_lock:  # prepare() searches the same memories
             memory.remember([round_])
-        self.dirty[id(memory)] = memory
+        self.dirty[memory.user] = memory
 
-    def done(self) -> None:
+    def _done(self) -> None:
         with self._count:
             self.waiting -= 1
             idle = self.waiting == 0
-        for key, memory in list(self.dirty.items()):
-            if idle or memory.unsaved >= self.SAVE_EVERY:
-                with self.web.state_lock:
-                    memory.save_index()
-                self.dirty.pop(key, None)
+        now = time.monotonic()
+        for user, memory in list(self.dirty.items()):
+            new = not (memory.index_dir / "manifest.json").is_file()
+            quiet = idle and now - self.saved_at.get(user, 0.0) >= self.SAVE_AFTER_S
+            if new or quiet or memory.unsaved >= self.SAVE_EVERY:
+                self._save(user, memory)
+        if self.dirty and idle and self.timer is None:  # save the rest once things are quiet
+            self.timer = threading.Timer(self.SAVE_AFTER_S, self._later)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _later(self) -> None:
+        self.timer = None
+        with contextlib.suppress(RuntimeError):  # the writer has shut down (close() saved everything)
+            self.pool.submit(self.flush)
+
+    def _save(self, user: str, memory: Any) -> None:
+        with self.web.state_lock:
+            memory.save_index()
+        self.dirty.pop(user, None)
+        self.saved_at[user] = time.monotonic()
+
+    def flush(self) -> None:
+        for user, memory in list(self.dirty.items()):
+            self._save(user, memory)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        with contextlib.suppress(RuntimeError):
+            self.pool.submit(self.flush)
+        self.pool.shutdown(wait=True)
 
 
 def _number(body: dict[str, Any], name: str, kind: type, low: float, high: float) -> Any:
@@ -278,11 +321,10 @@ class ApiService:
         # pool (cpu + 4 threads) would cap them below --max-batch and starve prepare()
         self.generating = concurrent.futures.ThreadPoolExecutor(max(cfg.max_batch, 1),
                                                                 thread_name_prefix="qwen_kit-reply")
-        self.memory_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qwen_kit-memory")
 
     def close(self) -> None:
         self.generating.shutdown(wait=False, cancel_futures=True)
-        self.memory_thread.shutdown(wait=True)
+        self.writer.close()
         self.web.save_memories()
 
     def model_ids(self) -> list[str]:
@@ -421,15 +463,7 @@ class ApiService:
     def end_turn(self, turn: Any, chat: Any, failed: bool = False) -> concurrent.futures.Future:
         """Queue :meth:`finished` on the memory writer's thread; the future says when the round
         is written (or raises the OSError that stopped it)."""
-        self.writer.waiting_more()
-
-        def run() -> None:
-            try:
-                self.finished(turn, chat, failed)
-            finally:
-                self.writer.done()
-
-        return self.memory_thread.submit(run)
+        return self.writer.submit(lambda: self.finished(turn, chat, failed))
 
 
 def _extras(turn: Any) -> dict[str, Any]:

@@ -423,6 +423,22 @@ def test_a_slow_memory_write_does_not_stop_the_server(server, monkeypatch):
         answer.result()
 
 
+def test_the_memory_index_is_not_rewritten_for_every_reply(server, monkeypatch):
+    """The file gets every round at once; the index cache is saved when new, then once things
+    are quiet (SAVE_AFTER_S) or at shutdown, not rewritten and re-hashed per reply."""
+    monkeypatch.setattr(server.api.writer, "SAVE_AFTER_S", 60.0)
+    client = openai_client(server)
+    for text in ("My locker is 4417.", "My bike is red.", "My cat is Mochi."):
+        client.chat.completions.create(model="tiny+memory", user="quiet", max_tokens=2,
+                                       messages=[{"role": "user", "content": text}])
+    memory = server.api.web.memory_of("anon:quiet")
+    manifest = memory.index_dir / "manifest.json"
+    assert json.loads(manifest.read_text())["chunks"] == 1  # saved once, when it was new
+    assert len(memory.records) == 3 and memory.unsaved == 2
+    server.api.writer.submit(server.api.writer.flush).result(timeout=60)  # what the quiet timer and close() do
+    assert json.loads(manifest.read_text())["chunks"] == 3 and memory.unsaved == 0
+
+
 def test_eight_plain_requests_are_generated_together(tiny, tmp_path):
     """Non-streamed requests have threads of their own, as many as --max-batch slots."""
     running = start(tiny, tmp_path, max_batch=8)
