@@ -426,17 +426,20 @@ def test_a_slow_memory_write_does_not_stop_the_server(server, monkeypatch):
 def test_the_memory_index_is_not_rewritten_for_every_reply(server, monkeypatch):
     """The file gets every round at once; the index cache is saved when new, then once things
     are quiet (SAVE_AFTER_S) or at shutdown, not rewritten and re-hashed per reply."""
-    monkeypatch.setattr(server.api.writer, "SAVE_AFTER_S", 60.0)
+    if hasattr(server.api, "writer"):
+        monkeypatch.setattr(server.api.writer, "SAVE_AFTER_S", 60.0)
     client = openai_client(server)
     for text in ("My locker is 4417.", "My bike is red.", "My cat is Mochi."):
         client.chat.completions.create(model="tiny+memory", user="quiet", max_tokens=2,
                                        messages=[{"role": "user", "content": text}])
-    memory = server.api.web.memory_of("anon:quiet")
-    manifest = memory.index_dir / "manifest.json"
+    history = Path(server.api.cfg.chat.memory_file)
+    assert sum("4417" in line or "Mochi" in line or "bike" in line for line in history.read_text().splitlines()) == 3
+    root = history.with_name(history.name + ".index")
+    [folder] = [d for d in root.iterdir() if "4417" in (d / "chunks.jsonl").read_text(encoding="utf-8")]
+    manifest = folder / "manifest.json"
     assert json.loads(manifest.read_text())["chunks"] == 1  # saved once, when it was new
-    assert len(memory.records) == 3 and memory.unsaved == 2
     server.api.writer.submit(server.api.writer.flush).result(timeout=60)  # what the quiet timer and close() do
-    assert json.loads(manifest.read_text())["chunks"] == 3 and memory.unsaved == 0
+    assert json.loads(manifest.read_text())["chunks"] == 3
 
 
 def test_eight_plain_requests_are_generated_together(tiny, tmp_path):
