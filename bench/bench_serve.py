@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                 kind = "streamed" if stream else "non-streamed"
                 for together in (False, True):
                     name = f"{kind}, {'together' if together else 'one at a time'}"
-                    runs.setdefault(name, []).append(run_pass(client, model, questions, a.max_tokens, together, stream))
+                    result = run_pass(client, model, questions, a.max_tokens, together, stream)
+                    runs.setdefault(name, []).append(result)
+                    print(f"{name}: {result['tokens_per_s']:.1f} tokens/s, {result['wall_s']:.1f} s", file=sys.stderr,
+                          flush=True)
     finally:
         server.terminate()
         server.wait(timeout=60)
