@@ -32,8 +32,13 @@ def parse_args(argv: list[str] | None = None):
                    help=f"accepted keys, one KEY or NAME:KEY per line (or set {API_KEYS_ENV}=KEY,...)")
     s.add_argument("--no-auth", action="store_true", help="serve beyond localhost without a key")
     s.add_argument("--served-name", help="the plain model's name in /v1/models (default: the model's)")
+    s.add_argument("--allowed-hosts", action="append", default=[], metavar="NAME[,NAME]",
+                   help="Host names answered besides localhost and --host (e.g. the name a proxy or AutoDL "
+                        "forwards as; .example.com: that domain and its subdomains; *: any)")
+    s.add_argument("--allowed-origins", action="append", default=[], metavar="ORIGIN[,ORIGIN]",
+                   help="web pages (scheme://host[:port]) allowed to call the API from a browser; *: any")
     a = vars(p.parse_args(argv))
-    serve = split_service_args(a, ("api_key_file", "no_auth", "served_name"))
+    serve = split_service_args(a, ("api_key_file", "no_auth", "served_name", "allowed_hosts", "allowed_origins"))
     return ServeConfig(chat=ChatConfig(**a), **serve)
 
 

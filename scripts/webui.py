@@ -32,8 +32,11 @@ def parse_args(argv: list[str] | None = None):
     s.add_argument("--auth", metavar="USER:PASSWORD", help="a login on the command line (works, with a warning: "
                    "others can read argv)")
     s.add_argument("--no-auth", action="store_true", help="serve beyond localhost without a login")
+    s.add_argument("--allowed-hosts", action="append", default=[], metavar="NAME[,NAME]",
+                   help="Host names the page answers to besides localhost and --host (e.g. the name a proxy "
+                        "or AutoDL forwards as; .example.com: that domain and its subdomains; *: any)")
     a = vars(p.parse_args(argv))
-    web = split_service_args(a, ("share", "auth", "auth_file", "no_auth"))
+    web = split_service_args(a, ("share", "auth", "auth_file", "no_auth", "allowed_hosts"))
     return WebConfig(chat=ChatConfig(**a), **web)
 
 

@@ -19,9 +19,9 @@ user, updated from the file at start-up: only rounds it has not seen are embedde
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-import re
 import stat
 import sys
 import tempfile
@@ -164,8 +164,21 @@ class MemoryFile:
         return removed
 
 
-def _safe_name(user: str) -> str:
-    return re.sub(r"[^\w.-]", "_", user) or "_"
+FOLDER_NAME_MAX = 100  # bytes of readable name kept before a long name is cut and hashed
+
+
+def index_folder_name(user: str) -> str:
+    """The index folder of ``user``'s memories: letters, digits, ``_`` and ``-`` as they are,
+    every other character percent-encoded (``alice/x`` -> ``alice%2fx``, ``..`` -> ``%2e%2e``),
+    so no name climbs out of the index root and no two names share a folder. A name with
+    capitals, or one too long for a file name, gets ``~`` and a hash of the whole name: on a
+    case-insensitive disk ``Alice`` and ``alice`` stay apart (``~`` is never left unencoded)."""
+    out = "".join(ch if (ch.isalnum() or ch in "_-") and ch.isprintable() else
+                  "".join(f"%{b:02x}" for b in ch.encode("utf-8")) for ch in user)
+    if out != out.lower() or len(out.encode("utf-8")) > FOLDER_NAME_MAX:
+        head = out.encode("utf-8")[:FOLDER_NAME_MAX].decode("utf-8", "ignore")
+        out = f"{head}~{hashlib.sha256(user.encode('utf-8')).hexdigest()[:12]}"
+    return out
 
 
 class LongTermMemory:
@@ -184,7 +197,8 @@ class LongTermMemory:
         self.with_replies = with_replies  # replies in the prompt too (scored 0.4 vs 0.3 without, docs/memory.md)
         self.session = session or uuid.uuid4().hex[:8]
         self.in_prompt: dict[int, str] = {}  # id(Round) -> record id: written, not yet searchable
-        self.index_dir = self.file.path.with_name(self.file.path.name + ".index") / _safe_name(user)
+        self.unsaved = 0  # rounds indexed since the index cache was last written
+        self.index_dir = self.file.path.with_name(self.file.path.name + ".index") / index_folder_name(user)
         records, warnings = self.file.read()
         for w in warnings:
             print(f"qwen_kit: warning: {w}", file=sys.stderr)
@@ -227,6 +241,7 @@ class LongTermMemory:
             self.retriever.save(self.index_dir)
             for f in self.index_dir.iterdir():
                 make_private(f)
+            self.unsaved = 0
 
     # -- engine hooks -----------------------------------------------------------------------
     def _record_for(self, r: Round) -> MemoryRecord:
@@ -263,6 +278,7 @@ class LongTermMemory:
         self.file.append(new)  # durable before it is searchable
         self.records.update((rec.id, rec) for rec in records)
         self._index(records, vectors)
+        self.unsaved += len(records)
         return records
 
     def search(self, query: str, k: int | None = None) -> list[tuple[MemoryRecord, float]]:

@@ -10,13 +10,20 @@ Choosing the pipeline: the ``model`` field names it (``/v1/models`` lists them):
 model, ``kb:NAME`` (a knowledge base given with ``--kb``), ``persona:NAME`` (a persona file
 given with ``--personas``), joined with ``+`` (``persona:wen+kb:campus+memory``); or the
 request's ``qwen_kit`` object: ``{"knowledge": NAME, "persona": NAME, "memory": true}``.
-``user`` (OpenAI's field) says whose memories are used. Sources and recalled memories come
-back in a ``qwen_kit`` field, which ordinary clients ignore.
+``user`` (OpenAI's field) says whose memories are used, inside the caller's namespace (a named
+key's holder: ``key:NAME``; anyone else: ``anon:USER``; see :meth:`ApiService.memory_user`).
+Sources and recalled memories come back in a ``qwen_kit`` field, which ordinary clients ignore.
+
+The event loop only moves bytes: requests are prepared in worker threads, non-streamed replies
+are generated in a pool of their own (``--max-batch`` threads, so every batch slot can be busy),
+streamed ones each in a thread, and memory is written by one writer thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import hmac
 import json
 import os
@@ -30,7 +37,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
+from qwen_kit.door import DoorMiddleware, DoorPolicy
 from qwen_kit.errors import UserError
 from qwen_kit.webui.service import WebChatService, WebConfig, is_loopback
 
@@ -44,6 +53,7 @@ class ServeConfig(WebConfig):
 
     api_key_file: str | None = None
     served_name: str | None = None  # the plain model's name in /v1/models (default: the model's)
+    allowed_origins: list[str] = field(default_factory=list)  # browser origins allowed to call (CORS)
     keys: list[tuple[str | None, str]] = field(default_factory=list)  # filled by read_api_keys
 
 
@@ -77,6 +87,8 @@ def read_api_keys(cfg: ServeConfig) -> list[tuple[str | None, str]]:
         warn_if_shared(path)
         keys = [_key_entry(line) for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
+        if not keys:  # an empty file must not quietly mean "no key needed"
+            raise UserError(f"--api-key-file {path} holds no key; write one KEY (or NAME:KEY) per line into it")
         where = str(path)
     else:
         keys = [_key_entry(part) for part in os.environ.get(API_KEYS_ENV, "").split(",") if part.strip()]
@@ -158,6 +170,124 @@ def parse_messages(messages: Any) -> tuple[str | None, list[Any], str]:
     return ("\n\n".join(system) if system else None), rounds, "\n".join(user)
 
 
+def check_supported(body: dict[str, Any]) -> None:
+    """Refuse, naming the field, what would change the answer's meaning if it were ignored;
+    accept the same fields when they ask for nothing (``n: null``, ``tools: []``, ``logprobs: false``)."""
+    if body.get("n") not in (None, 1):
+        raise ApiError(400, "'n' other than 1 is not supported: ask again for another reply", param="n")
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise ApiError(400, f"'{name}': tool and function calls are not supported by this server", param=name)
+    for name in ("tool_choice", "function_call"):
+        if body.get(name) not in (None, "none", "auto"):
+            raise ApiError(400, f"'{name}': tool and function calls are not supported by this server", param=name)
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type", "text") != "text"):
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise ApiError(400, f"'response_format' {kind!r} is not supported (only text): the reply would not be "
+                       "held to a schema", param="response_format")
+    if body.get("logprobs"):
+        raise ApiError(400, "'logprobs' is not supported by this server", param="logprobs")
+    if body.get("top_logprobs"):
+        raise ApiError(400, "'top_logprobs' is not supported by this server", param="top_logprobs")
+    for name in ("audio", "modalities", "prediction"):
+        if body.get(name) and body.get(name) != ["text"]:
+            raise ApiError(400, f"'{name}' is not supported by this server (text only)", param=name)
+
+
+def stream_usage(body: dict[str, Any]) -> bool:
+    """``stream_options.include_usage``, checked as OpenAI checks it."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not body.get("stream"):
+        raise ApiError(400, "'stream_options' is only allowed when 'stream' is true", param="stream_options")
+    if not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object such as {\"include_usage\": true}",
+                       param="stream_options")
+    usage = options.get("include_usage", False)
+    if not isinstance(usage, bool):
+        raise ApiError(400, "'stream_options.include_usage' must be true or false", param="stream_options")
+    return usage
+
+
+class MemoryWriter:
+    """Writes answered rounds into their users' memories, one at a time, on a thread of its own
+    (never the event loop). The memory file is appended to at once (the file is the truth); the
+    index cache beside it, which a restart brings up to date from the file anyway, is not
+    rewritten and re-hashed for every reply: a user's index is saved when it is new, after
+    SAVE_EVERY rounds, or once the writer has had nothing to do for SAVE_AFTER_S seconds, and
+    at shutdown."""
+
+    SAVE_EVERY = 32
+    SAVE_AFTER_S = 10.0
+
+    def __init__(self, web: WebChatService):
+        self.web = web
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qwen_kit-memory")
+        self._count = threading.Lock()
+        self.waiting = 0
+        self.dirty: dict[str, Any] = {}  # memory user -> memory with rounds not in its saved index
+        self.saved_at: dict[str, float] = {}
+        self.timer: threading.Timer | None = None
+
+    def submit(self, job: Any) -> concurrent.futures.Future:
+        """Run ``job()`` on the writer's thread, after the writes queued before it."""
+        with self._count:
+            self.waiting += 1
+
+        def run() -> None:
+            try:
+                job()
+            finally:
+                self._done()
+
+        return self.pool.submit(run)
+
+    def write(self, memory: Any, round_: Any) -> None:
+        """On the writer's thread: append the round to the file and to the in-memory index."""
+        with self.web.state_lock:  # prepare() searches the same memories
+            memory.remember([round_])
+        self.dirty[memory.user] = memory
+
+    def _done(self) -> None:
+        with self._count:
+            self.waiting -= 1
+            idle = self.waiting == 0
+        now = time.monotonic()
+        for user, memory in list(self.dirty.items()):
+            new = not (memory.index_dir / "manifest.json").is_file()
+            quiet = idle and now - self.saved_at.get(user, 0.0) >= self.SAVE_AFTER_S
+            if new or quiet or memory.unsaved >= self.SAVE_EVERY:
+                self._save(user, memory)
+        if self.dirty and idle and self.timer is None:  # save the rest once things are quiet
+            self.timer = threading.Timer(self.SAVE_AFTER_S, self._later)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _later(self) -> None:
+        self.timer = None
+        with contextlib.suppress(RuntimeError):  # the writer has shut down (close() saved everything)
+            self.pool.submit(self.flush)
+
+    def _save(self, user: str, memory: Any) -> None:
+        with self.web.state_lock:
+            memory.save_index()
+        self.dirty.pop(user, None)
+        self.saved_at[user] = time.monotonic()
+
+    def flush(self) -> None:
+        for user, memory in list(self.dirty.items()):
+            self._save(user, memory)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        with contextlib.suppress(RuntimeError):
+            self.pool.submit(self.flush)
+        self.pool.shutdown(wait=True)
+
+
 def _number(body: dict[str, Any], name: str, kind: type, low: float, high: float) -> Any:
     value = body.get(name)
     if value is None:
@@ -186,6 +316,16 @@ class ApiService:
         self.keys = cfg.keys
         self.cancelled = 0
         self.started = time.time()
+        self.writer = MemoryWriter(web)
+        # non-streamed replies wait for their tokens in threads of their own: asyncio's default
+        # pool (cpu + 4 threads) would cap them below --max-batch and starve prepare()
+        self.generating = concurrent.futures.ThreadPoolExecutor(max(cfg.max_batch, 1),
+                                                                thread_name_prefix="qwen_kit-reply")
+
+    def close(self) -> None:
+        self.generating.shutdown(wait=False, cancel_futures=True)
+        self.writer.close()
+        self.web.save_memories()
 
     def model_ids(self) -> list[str]:
         return [self.base_name, *self.kb_names, *self.persona_names]
@@ -227,12 +367,18 @@ class ApiService:
         raise ApiError(404, f"{what} is not served here (served: {names})", param="qwen_kit", code="model_not_found")
 
     def memory_user(self, login: str | None, user: Any) -> str:
+        """Whose memories a request uses. Each door has its own namespace, so a name given in
+        ``user`` never reaches memories another door authenticated: a named key's holder gets
+        ``key:NAME`` (``key:NAME/USER`` with ``user``), whatever ``user`` says; a caller without
+        a named key (an unnamed key, ``--no-auth``, a key-less loopback server) gets
+        ``anon:USER``, or the local user (``--user``, the terminal's) without ``user``. The web
+        page's logins are ``web:LOGIN``."""
         if user is not None and not isinstance(user, str):
             raise ApiError(400, "'user' must be a string", param="user")
         user = (user or "").strip()
-        if login:  # a named key's holder sees only their own memories, whatever 'user' says
-            return f"{login}/{user}" if user else login
-        return user or self.cfg.chat.user
+        if login:
+            return f"key:{login}/{user}" if user else f"key:{login}"
+        return f"anon:{user}" if user else self.cfg.chat.user
 
     def prepare(self, body: dict[str, Any], login: str | None) -> tuple[Any, Any, Pipeline]:
         """Parse and check a request; build its conversation; return ``(turn, chat, pipeline)``."""
@@ -242,10 +388,7 @@ class ApiService:
         web = self.web
         pipeline = self.pipeline(body.get("model"), body.get("qwen_kit"))
         system, rounds, message = parse_messages(body.get("messages"))
-        if body.get("n", 1) != 1:
-            raise ApiError(400, "'n' other than 1 is not supported", param="n")
-        if body.get("tools") or body.get("functions"):
-            raise ApiError(400, "tool calls are not supported by this server", param="tools")
+        check_supported(body)
         stop = body.get("stop")
         stop = [stop] if isinstance(stop, str) else (stop or [])
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 16:
@@ -278,7 +421,7 @@ class ApiService:
             cfg = replace(cfg, system=system)
         memory_user = self.memory_user(login, body.get("user")) if pipeline.memory else None
         with web.state_lock:
-            memory = web.memory_for(memory_user) if memory_user else None
+            memory = web.memory_of(memory_user) if memory_user else None
             try:
                 chat = assemble_chat(cfg, web.loaded, persona=persona,
                                      persona_knowledge=web.persona_docs.get(pipeline.persona) if persona else None,
@@ -287,26 +430,40 @@ class ApiService:
                 engine = chat.engine
                 engine.rounds = list(rounds)  # the client's history replaces any greeting
                 engine.on_evict = None  # the client's old rounds are not new memories
+                engine.on_round = None  # the new round is written by the memory writer, after success
+                engine.drop_repeated_replies = False  # what the client sends is what the model sees
                 engine.settings.ignore_eos = bool(body.get("ignore_eos"))
                 turn = engine.start_turn(message)
-                if engine.window_start:  # the oldest rounds of the client's history did not fit
+                if engine.window_start:  # the only rounds left out: the oldest, which did not fit
                     turn.extras["dropped_rounds"] = engine.window_start
+                    turn.extras["dropped_because"] = "context_length"
             except ContextOverflow as err:
                 raise ApiError(400, f"{err} (this server's context is {max_context} tokens)", param="messages",
                                code="context_length_exceeded") from None
             except UserError as err:
                 raise ApiError(400, str(err)) from None
         turn.stop = stop
+        turn.rounds_before = len(engine.rounds)  # a longer list afterwards: this turn's round was recorded
         return turn, chat, pipeline
 
-    def finished(self, turn: Any, chat: Any) -> None:
-        """After a reply: a round answered with memory on becomes searchable at once."""
-        if chat.memory is not None and chat.engine.rounds:
-            with self.web.state_lock:
-                chat.memory.remember([chat.engine.rounds[-1]])
-                chat.memory.save_index()
+    def finished(self, turn: Any, chat: Any, failed: bool = False) -> None:
+        """After a reply (run by the memory writer, off the event loop): a round answered with
+        memory on is written and becomes searchable before the reply ends. A failed generation
+        recorded no round; the last round then is the client's own history: nothing is written.
+
+        Raises:
+            OSError: the memory file could not be written.
+        """
         if turn.stats.finish_reason == "cancelled":
             self.cancelled += 1
+        if failed or chat.memory is None or len(chat.engine.rounds) <= turn.rounds_before:
+            return
+        self.writer.write(chat.memory, chat.engine.rounds[-1])
+
+    def end_turn(self, turn: Any, chat: Any, failed: bool = False) -> concurrent.futures.Future:
+        """Queue :meth:`finished` on the memory writer's thread; the future says when the round
+        is written (or raises the OSError that stopped it)."""
+        return self.writer.submit(lambda: self.finished(turn, chat, failed))
 
 
 def _extras(turn: Any) -> dict[str, Any]:
@@ -317,6 +474,7 @@ def _extras(turn: Any) -> dict[str, Any]:
         out["memories"] = turn.extras["memories"]
     if "dropped_rounds" in turn.extras:
         out["dropped_rounds"] = turn.extras["dropped_rounds"]
+        out["dropped_because"] = turn.extras["dropped_because"]
     return out
 
 
@@ -330,8 +488,14 @@ def _finish_reason(turn: Any) -> str:
 
 
 # -- the app ------------------------------------------------------------------------------------
-def create_app(api: ApiService) -> Any:
+def create_app(api: ApiService, host: str = "127.0.0.1") -> Any:
+    """The FastAPI app; ``host``: the address it is bound to (the door answers to it, see
+    :mod:`qwen_kit.door`)."""
+    cfg = api.cfg
+    policy = DoorPolicy.for_address(host, cfg.allowed_hosts, cfg.allowed_origins, json_posts=True, cors=True,
+                                    authenticated=bool(api.keys))
     app = FastAPI(title="qwen_kit", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(DoorMiddleware, policy=policy)
 
     def error(err: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
@@ -353,6 +517,22 @@ def create_app(api: ApiService) -> Any:
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, err: ApiError) -> JSONResponse:
         return error(err)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, err: HTTPException) -> JSONResponse:
+        """Unknown paths (404) and wrong methods (405) in OpenAI's shape too."""
+        what = {404: f"no route {request.method} {request.url.path}; this server answers POST /v1/chat/completions, "
+                     "GET /v1/models and GET /health",
+                405: f"{request.method} is not allowed on {request.url.path}"}.get(err.status_code, str(err.detail))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
+        response = error(ApiError(err.status_code, what, code=code))
+        for name, value in (err.headers or {}).items():  # 405 keeps its Allow header
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, err: Exception) -> JSONResponse:
+        return error(ApiError(500, f"{type(err).__name__}: {err}", kind="server_error"))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -378,24 +558,25 @@ def create_app(api: ApiService) -> Any:
             raise ApiError(400, f"the request body is not valid JSON ({err})") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
+        include_usage = stream_usage(body)
         turn, chat, _ = await asyncio.to_thread(api.prepare, body, who)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         model = body["model"]
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(_stream(api, turn, chat, cid, created, model, include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        work = asyncio.ensure_future(asyncio.to_thread(turn.run))
+        work = asyncio.wrap_future(api.generating.submit(turn.run))
         while not work.done():  # a client that hangs up frees its slot
             await asyncio.wait({work}, timeout=0.25)
             if not work.done() and await request.is_disconnected():
                 turn.stopped.set()
+        failure = work.exception()
         try:
-            work.result()
-        except Exception as err:  # GenerationFailed
-            raise ApiError(500, str(err), kind="server_error") from None
-        finally:
-            api.finished(turn, chat)
+            await asyncio.wrap_future(api.end_turn(turn, chat, failed=failure is not None))
+        except OSError as err:
+            failure = failure or err
+        if failure is not None:
+            raise ApiError(500, _failure_text(failure), kind="server_error")
         return {"id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": turn.text},
                              "finish_reason": _finish_reason(turn), "logprobs": None}],
@@ -404,17 +585,27 @@ def create_app(api: ApiService) -> Any:
     return app
 
 
+def _failure_text(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        return f"the reply was generated but long-term memory could not be written: {err}"
+    text = str(err)
+    return text if text.startswith("generation failed") else f"generation failed: {type(err).__name__}: {err}"
+
+
 async def _stream(api: ApiService, turn: Any, chat: Any, cid: str, created: int, model: str, include_usage: bool):
-    from qwen_kit.chat.engine import GenerationFailed
+    """The reply as Server-Sent Events. Whatever raises, the stream ends with either an error
+    event or the finish chunk (and usage), then ``[DONE]``."""
+    usage_field = {"usage": None} if include_usage else {}  # OpenAI: null on every chunk but the last
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:
         data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **more}
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                **usage_field, **more}
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
-    done = object()
+    ended = object()
 
     def put(item: Any) -> None:
         try:
@@ -422,32 +613,45 @@ async def _stream(api: ApiService, turn: Any, chat: Any, cid: str, created: int,
         except RuntimeError:  # the server's loop has closed: nobody is listening
             pass
 
-    def work() -> None:  # one thread runs the whole turn, so a client that leaves cannot cut it short
+    def work() -> None:
+        # one thread runs the whole turn, so a client that leaves cannot cut it short; the
+        # memory write is queued from here too, so it happens even when nobody listens any more
+        failure: BaseException | None = None
         try:
             for piece in turn:
                 put(piece)
-            put(done)
-        except GenerationFailed as err:
-            put(err)
-        finally:
-            api.finished(turn, chat)
+        except Exception as err:  # noqa: BLE001 - GenerationFailed, or anything else: the client is told
+            failure = err
+        try:
+            written = api.end_turn(turn, chat, failed=failure is not None)
+        except Exception as err:  # noqa: BLE001 - e.g. the writer already shut down
+            written = concurrent.futures.Future()
+            written.set_exception(err)
+        put((ended, failure, written))
 
     threading.Thread(target=work, name="qwen_kit-stream", daemon=True).start()
     finished = False
     try:
         yield chunk({"role": "assistant", "content": ""}, qwen_kit=_extras(turn))
-        while (item := await pieces.get()) is not done:
-            if isinstance(item, GenerationFailed):
-                finished = True
-                yield f"data: {json.dumps(ApiError(500, str(item), kind='server_error').body())}\n\n"
-                return
+        while True:
+            item = await pieces.get()
+            if isinstance(item, tuple) and item and item[0] is ended:
+                break
             yield chunk({"content": item})
         finished = True
-        yield chunk({}, _finish_reason(turn))
-        if include_usage:
-            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
-                    "usage": _usage(turn)}
-            yield f"data: {json.dumps(data)}\n\n"
+        _, failure, written = item
+        try:
+            await asyncio.wrap_future(written)
+        except Exception as err:  # noqa: BLE001 - OSError writing memory, or anything else
+            failure = failure or err
+        if failure is not None:
+            yield f"data: {json.dumps(ApiError(500, _failure_text(failure), kind='server_error').body())}\n\n"
+        else:
+            yield chunk({}, _finish_reason(turn))
+            if include_usage:
+                data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [], "usage": _usage(turn)}
+                yield f"data: {json.dumps(data)}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         if not finished:  # the client went away: generation stops at the next token and frees the slot
@@ -476,8 +680,9 @@ def run_server(cfg: ServeConfig) -> int:
           f"({'API keys required' if api.keys else 'no API key'}; backend {getattr(api.backend, 'name', '?')})",
           file=sys.stderr)
     try:
-        uvicorn.run(create_app(api), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        uvicorn.run(create_app(api, host), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     finally:
+        api.close()
         api.web.close_all()
         api.web.close_backend()
     return 0

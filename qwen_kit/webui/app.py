@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qwen_kit.door import DoorMiddleware, DoorPolicy
 from qwen_kit.errors import UserError
 from qwen_kit.webui.service import (NONE, Conversation, WebChatService, WebConfig, check_port_free, sampling_from,
                                     server_address)
@@ -23,6 +24,7 @@ from qwen_kit.webui.service import (NONE, Conversation, WebChatService, WebConfi
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a closed network
 try:
     import gradio as gr
+    from starlette.middleware import Middleware
 except ImportError:  # the [webui] extra is not installed; run_webui says how to get it
     gr = None
 
@@ -246,12 +248,16 @@ def run_webui(cfg: WebConfig) -> int:
         raise UserError("the web UI needs Gradio: pip install -e '.[webui]' (or: make webui)")
     service = WebChatService(cfg)
     page = build_page(service)
+    # the API server's Host check, before Gradio sees a request (DNS rebinding: qwen_kit/door.py)
+    door = Middleware(DoorMiddleware, policy=DoorPolicy.for_address(address.host, cfg.allowed_hosts,
+                                                                    share=address.share,
+                                                                    authenticated=address.auth is not None))
     try:
         _, local_url, share_url = page.launch(
             server_name=address.host, server_port=address.port, share=address.share, auth=address.auth,
             auth_message="qwen_kit: log in with the --auth user and password", prevent_thread_lock=True,
             ssr_mode=False, show_error=True, quiet=True, theme=theme(), css=CSS, footer_links=[], i18n=I18N,
-            allowed_paths=[], pwa=False, mcp_server=False)
+            allowed_paths=[], pwa=False, mcp_server=False, app_kwargs={"middleware": [door]})
     except OSError as err:
         service.close_all()
         raise UserError(f"cannot listen on {address.host}:{address.port}; choose another --port "

@@ -13,8 +13,8 @@ folders is not offered.
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import ipaddress
 import json
 import socket
 import sys
@@ -29,11 +29,14 @@ from qwen_kit.chat.cli import (Chat, ChatConfig, assemble_chat, context_budget, 
                                generation_settings, load_chat_model, open_knowledge, open_memory)
 from qwen_kit.chat.engine import GenerationFailed, GenerationSettings
 from qwen_kit.chat.prompt import ContextOverflow
+from qwen_kit.door import is_loopback  # noqa: F401 - the address rules below and the API's
 from qwen_kit.errors import UserError
 
 NONE = "(none)"
 EMPTY_REPLY = "*(the model ended its reply without any text)*"
 PERSONA_SUFFIXES = (".yaml", ".yml", ".json")
+MEMORY_CACHE = 64  # memory objects kept open for users no conversation holds (least recently used go)
+WEB_USER = "web:"  # a page login's memories: "web:NAME" (the API's callers have their own namespaces)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class WebConfig:
     auth_file: str | None = None  # lines of "user:password"
     no_auth: bool = False
     max_batch: int = 8  # conversations generated together (the continuous batcher's slots)
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides loopback and --host
 
 
 @dataclass(frozen=True)
@@ -101,15 +105,6 @@ def read_logins(cfg: WebConfig) -> list[tuple[str, str]] | None:
               f"prefer --auth-file FILE (one USER:PASSWORD per line, chmod 600) or {AUTH_ENV}", file=sys.stderr)
         return [login]
     return None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def server_address(cfg: WebConfig, platform: Any = None) -> ServerAddress:
@@ -196,7 +191,10 @@ class WebChatService:
 
             self.backend = BatchedBackend.for_model(self.loaded, max_batch=cfg.max_batch, max_context=self.max_context)
         self.state_lock = threading.RLock()  # prompt building and memory edits
-        self._memories: dict[str, Any] = {}
+        # open memories: the recently used ones kept (bounded), and any still held by a
+        # conversation or a request found again (one object per user, never two diverging)
+        self._recent: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._held: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self.memory = self.memory_for(None)  # the local user's (--user): no login, or the terminal's
         assemble_chat(cfg.chat, self.loaded)  # a bad token budget fails at start, not in the page
         self._open: weakref.WeakSet[Conversation] = weakref.WeakSet()
@@ -257,14 +255,38 @@ class WebChatService:
             batcher.close()
 
     def memory_for(self, login: str | None) -> Any:
-        """Each login has its own memories (stored under the login name in the one memory
-        file); without a login (--no-auth, or localhost) there is one local user, --user."""
-        user = login or self.cfg.chat.user
+        """The page's memories: each login has its own (memory user ``web:LOGIN`` in the one
+        memory file); without a login (--no-auth, or localhost) there is one local user, --user."""
+        return self.memory_of(f"{WEB_USER}{login}" if login else self.cfg.chat.user)
+
+    def memory_of(self, user: str) -> Any:
+        """The memories of memory user ``user`` (already namespaced by the caller's door), opened
+        once and shared while in use; at most MEMORY_CACHE unused ones stay open."""
         with self.state_lock:
-            if user not in self._memories:
-                self._memories[user] = open_memory(replace(self.cfg.chat, user=user), self.embedder,
-                                                   self.loaded.tokenizer, self.budget)
-            return self._memories[user]
+            memory = self._recent.get(user) or self._held.get(user)
+            if memory is None:
+                memory = open_memory(replace(self.cfg.chat, user=user), self.embedder, self.loaded.tokenizer,
+                                     self.budget)
+                self._held[user] = memory
+            self._recent[user] = memory
+            self._recent.move_to_end(user)
+            while len(self._recent) > MEMORY_CACHE:
+                _, old = self._recent.popitem(last=False)
+                if old.unsaved:  # its index cache, before the object may go
+                    old.save_index()
+            return memory
+
+    def open_memories(self) -> int:
+        """How many memory objects are open (cached or held)."""
+        with self.state_lock:
+            return len(set(map(id, [*self._recent.values(), *self._held.values()])))
+
+    def save_memories(self) -> None:
+        """Write every open memory's index cache that has rounds not yet saved."""
+        with self.state_lock:
+            for memory in {id(m): m for m in [*self._recent.values(), *self._held.values()]}.values():
+                if memory.unsaved:
+                    memory.save_index()
 
     def conversation(self, persona: str | None = None, knowledge: str | None = None,
                      memory: bool | None = None, login: str | None = None) -> "Conversation":
@@ -278,6 +300,7 @@ class WebChatService:
         """Server shutdown: every open conversation's rounds go to long-term memory."""
         for conv in list(self._open):
             conv.close()
+        self.save_memories()
 
     def chunk_text(self, conv: "Conversation", chunk_id: str) -> str:
         for retriever in (self.knowledge.get(conv.knowledge or ""), self.persona_docs.get(conv.persona or "")):

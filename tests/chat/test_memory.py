@@ -84,6 +84,35 @@ def test_each_user_recalls_only_their_own_memories(tiny, embedder, tmp_path):
     assert [r.user_text for r in alice.records.values()] == [FACT]
 
 
+NAMES = ["..", ".", "/", "alice/x", "alice_x", "alice%2Fx", "Alice", "alice", "../../etc", "a" * 300,
+         "key:alice", "web:alice", "anon:alice", "小明", "CON", " alice", "alice~1"]
+
+
+def test_user_names_become_distinct_folders_inside_the_index_root(tiny, embedder, tmp_path):
+    """Encoded, not stripped: ".." cannot climb out, "alice/x" and "alice_x" never share a
+    folder, and "Alice" and "alice" stay apart on a case-insensitive disk too."""
+    path = tmp_path / "chat_history.txt"
+    root = tmp_path / "chat_history.txt.index"
+    folders = []
+    for name in NAMES:
+        memory = LongTermMemory(path, embedder, tiny.tokenizer, user=name)
+        memory.remember([_round(f"a fact of {name}", "ok")])
+        memory.save_index()
+        assert memory.index_dir.parent == root and memory.index_dir.resolve().parent == root.resolve()
+        assert (memory.index_dir / "manifest.json").is_file() and len(memory.index_dir.name.encode()) <= 120
+        folders.append(memory.index_dir.name.lower())
+    assert len(set(folders)) == len(NAMES)  # distinct even case-folded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat_history.txt", "chat_history.txt.index",
+                                                         "chat_history.txt.lock"]
+    readable = {n: LongTermMemory(path, embedder, tiny.tokenizer, user=n).index_dir.name
+                for n in ("alice", "bob-2", "小明", "key:alice")}
+    assert readable["alice"] == "alice" and readable["bob-2"] == "bob-2" and readable["小明"] == "小明"
+    assert "alice" in readable["key:alice"]
+    for name in NAMES:  # each finds its own memory again
+        again = LongTermMemory(path, embedder, tiny.tokenizer, user=name)
+        assert [r.user_text for r in again.records.values()] == [f"a fact of {name}"]
+
+
 def test_forget_deletes_the_line_and_the_retriever_no_longer_returns_it(tiny, embedder, tmp_path):
     path = tmp_path / "chat_history.txt"
     memory = LongTermMemory(path, embedder, tiny.tokenizer, user="alice")

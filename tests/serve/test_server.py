@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -170,7 +171,7 @@ def test_max_tokens_and_length_on_the_tiny_model(client):
     assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"
 
 
-def test_knowledge_base_persona_and_sources_by_model_name(client):
+def test_knowledge_base_persona_and_sources_by_model_name(client, server):
     r = client.chat.completions.create(model="kb:knowledge", messages=[{"role": "user", "content": QUESTIONS[0]}],
                                        temperature=0, max_tokens=8)
     sources = r.model_extra["qwen_kit"]["sources"]
@@ -185,7 +186,21 @@ def test_knowledge_base_persona_and_sources_by_model_name(client):
     persona = client.chat.completions.create(model="persona:lighthouse_keeper",
                                              messages=[{"role": "user", "content": "Who are you?"}],
                                              temperature=0, max_tokens=4)
-    assert persona.choices[0].message.content is not None
+    # the persona's pipeline built by hand: the server's prompt is that one, persona card and all
+    from qwen_kit.chat.cli import assemble_chat
+    from qwen_kit.chat.persona import load_persona
+
+    api = server.api
+    label = api.persona_names["persona:lighthouse_keeper"]
+    keeper = load_persona(ROOT / "data/personas/lighthouse_keeper.yaml")
+    local = assemble_chat(replace(api.cfg.chat, max_new_tokens=4, greedy=True), api.web.loaded, persona=keeper,
+                          persona_knowledge=api.web.persona_docs.get(label))
+    local.engine.rounds = []  # the API's client history replaces the greeting
+    turn = local.engine.start_turn("Who are you?")
+    assert "Maren Holt" in turn.prompt and persona.usage.prompt_tokens == turn.stats.prompt_tokens
+    plain = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Who are you?"}],
+                                           temperature=0, max_tokens=4)
+    assert persona.usage.prompt_tokens > plain.usage.prompt_tokens + 20  # the card is in the prompt
 
 
 def test_memory_is_per_user_and_named_keys_see_only_their_own(server, tiny):
@@ -210,7 +225,7 @@ def test_memory_is_per_user_and_named_keys_see_only_their_own(server, tiny):
                                         extra_body={"qwen_kit": {"memory": True}})
     assert spy.model_extra["qwen_kit"]["memories"] == []  # alice's key: alice's memories, whatever 'user' says
     lines = [json.loads(x) for x in Path(server.api.cfg.chat.memory_file).read_text().splitlines() if x.strip()]
-    assert {x["user"] for x in lines} >= {"bob"} and "alice/bob" in {x["user"] for x in lines}
+    assert {x["user"] for x in lines} >= {"anon:bob", "key:alice/bob"}
 
 
 def test_errors_come_back_in_openai_shape(client, server):
@@ -321,3 +336,317 @@ def test_a_server_over_another_server_adds_the_knowledge_base(server, tiny, tmp_
     finally:
         proxy.server.should_exit = True
         proxy.thread.join(timeout=10)
+
+
+# -- the API keeps the client's history; failures write nothing and every stream ends ----------
+def test_the_clients_history_reaches_the_model_as_sent(client, server):
+    """Two rounds answered "Sure." stay in the prompt: the facts the user gave in them too."""
+    from qwen_kit.chat.prompt import count_tokens, render_prompt
+
+    messages = [{"role": "system", "content": "You are a terse assistant."},
+                {"role": "user", "content": "My locker is number 4417."}, {"role": "assistant", "content": "Sure."},
+                {"role": "user", "content": "My bike is the red one."}, {"role": "assistant", "content": "Sure."},
+                {"role": "user", "content": "Which locker is mine?"}]
+    r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=4)
+    want = count_tokens(server.api.web.loaded.tokenizer, render_prompt(server.api.web.loaded.tokenizer, messages))
+    assert r.usage.prompt_tokens == want
+    assert "dropped_rounds" not in r.model_extra["qwen_kit"]
+
+
+def test_a_failed_generation_writes_no_memory(server, monkeypatch):
+    import openai
+
+    from qwen_kit.chat.engine import GenerationFailed
+
+    def fail(*args, **kwargs):
+        raise GenerationFailed("generation failed: RuntimeError: CUDA out of memory")
+
+    monkeypatch.setattr(server.api.backend, "generate", fail)
+    client = openai_client(server)
+    history = [{"role": "user", "content": "Remember that my dentist is Dr. Okonkwo-Lind."},
+               {"role": "assistant", "content": "Noted."}, {"role": "user", "content": "Who is my dentist?"}]
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(model="tiny+memory", user="failing", messages=history, max_tokens=4)
+    assert "CUDA out of memory" in failed.value.body["message"] and failed.value.body["type"] == "server_error"
+    stream = client.chat.completions.create(model="tiny+memory", user="failing", messages=history, max_tokens=4,
+                                            stream=True)
+    with pytest.raises(openai.APIError, match="CUDA out of memory"):
+        list(stream)
+    time.sleep(0.5)  # memory is written off the event loop
+    text = Path(server.api.cfg.chat.memory_file).read_text(encoding="utf-8")
+    assert "Okonkwo-Lind" not in text and "Who is my dentist" not in text
+
+
+def _sse(url, body, headers=None, timeout=60):
+    """The raw lines of a streamed reply (the test fails, rather than hangs, on a stream that never ends)."""
+    with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=timeout,
+                      headers={"Authorization": f"Bearer {KEY}", **(headers or {})}) as r:
+        return r.status_code, [line for line in r.iter_lines() if line]
+
+
+def test_every_stream_ends_even_when_the_memory_write_fails(server, monkeypatch):
+    from qwen_kit.chat.memory import MemoryFile
+
+    def full(self, records):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(MemoryFile, "append", full)
+    body = {"model": "tiny+memory", "user": "diskfull", "max_tokens": 3, "stream": True,
+            "messages": [{"role": "user", "content": "hello"}]}
+    status, lines = _sse(server.url, body)
+    assert status == 200 and lines[-1] == "data: [DONE]"
+    assert any("No space left on device" in line for line in lines[:-1])
+    r = httpx.post(f"{server.url}/chat/completions", json={**body, "stream": False}, timeout=60,
+                   headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 500 and "No space left" in r.json()["error"]["message"]
+
+
+def test_a_slow_memory_write_does_not_stop_the_server(server, monkeypatch):
+    """Memory is indexed off the event loop: /health answers while indexing a round takes 3 s
+    (a big embedder on a busy CPU)."""
+    from qwen_kit.chat.memory import LongTermMemory
+
+    remember = LongTermMemory.remember
+
+    def slow(self, rounds, vectors=None):
+        time.sleep(3)
+        return remember(self, rounds, vectors)
+
+    monkeypatch.setattr(LongTermMemory, "remember", slow)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(openai_client(server).chat.completions.create, model="tiny+memory", user="slow",
+                             messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        time.sleep(1)
+        start = time.perf_counter()
+        assert httpx.get(f"{server.url.removesuffix('/v1')}/health", timeout=30).status_code == 200
+        assert time.perf_counter() - start < 1.0
+        answer.result()
+
+
+def test_the_memory_index_is_not_rewritten_for_every_reply(server, monkeypatch):
+    """The file gets every round at once; the index cache is saved when new, then once things
+    are quiet (SAVE_AFTER_S) or at shutdown, not rewritten and re-hashed per reply."""
+    if hasattr(server.api, "writer"):
+        monkeypatch.setattr(server.api.writer, "SAVE_AFTER_S", 60.0)
+    client = openai_client(server)
+    for text in ("My locker is 4417.", "My bike is red.", "My cat is Mochi."):
+        client.chat.completions.create(model="tiny+memory", user="quiet", max_tokens=2,
+                                       messages=[{"role": "user", "content": text}])
+    history = Path(server.api.cfg.chat.memory_file)
+    assert sum("4417" in line or "Mochi" in line or "bike" in line for line in history.read_text().splitlines()) == 3
+    root = history.with_name(history.name + ".index")
+    [folder] = [d for d in root.iterdir() if "4417" in (d / "chunks.jsonl").read_text(encoding="utf-8")]
+    manifest = folder / "manifest.json"
+    assert json.loads(manifest.read_text())["chunks"] == 1  # saved once, when it was new
+    server.api.writer.submit(server.api.writer.flush).result(timeout=60)  # what the quiet timer and close() do
+    assert json.loads(manifest.read_text())["chunks"] == 3
+
+
+def test_eight_plain_requests_are_generated_together(tiny, tmp_path):
+    """Non-streamed requests have threads of their own, as many as --max-batch slots."""
+    running = start(tiny, tmp_path, max_batch=8)
+    try:
+        client = openai_client(running)
+
+        def ask(q):
+            return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": q}],
+                                                  max_tokens=400, extra_body={"ignore_eos": True})
+
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(ask, QUESTIONS))
+        assert [r.usage.completion_tokens for r in replies] == [400] * 8
+        assert running.api.backend.batcher.largest_batch == 8
+    finally:
+        running.stop()
+
+
+# -- OpenAI protocol conformance ----------------------------------------------------------------
+def _error(r, status):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+def test_every_route_answers_errors_in_openai_shape(server):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    _error(httpx.get(f"{server.url}/no/such/path", headers=auth), 404)
+    _error(httpx.get(f"{server.url}/chat/completions", headers=auth), 405)
+    _error(httpx.post(f"{server.url}/models", headers=auth, json={}), 405)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for bad in ({"stream": True, "stream_options": "yes"}, {"stream": True, "stream_options": {"include_usage": "y"}},
+                {"stream_options": {"include_usage": True}}):
+        err = _error(httpx.post(f"{server.url}/chat/completions", headers=auth, json={**body, **bad}), 400)
+        assert err["param"] == "stream_options"
+
+
+@pytest.mark.parametrize("field,value", [("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+                                         ("functions", [{"name": "f", "parameters": {}}]),
+                                         ("response_format", {"type": "json_schema", "json_schema": {"name": "x"}}),
+                                         ("response_format", {"type": "json_object"}),
+                                         ("logprobs", True), ("top_logprobs", 2), ("n", 2)])
+def test_fields_that_would_change_the_answer_are_refused_by_name(client, field, value):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       extra_body={field: value})
+    assert refused.value.body["param"] == field and field in refused.value.body["message"]
+
+
+def test_null_and_neutral_fields_are_accepted_and_usage_is_null_until_the_last_chunk(server):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": None,
+            "logprobs": False, "response_format": {"type": "text"}, "tools": [], "stream_options": None}
+    r = httpx.post(f"{server.url}/chat/completions", json=body, timeout=60, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200, r.text
+    status, lines = _sse(server.url, {**body, "n": 1, "stream": True, "stream_options": {"include_usage": True}})
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert status == 200 and lines[-1] == "data: [DONE]"
+    assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
+
+
+# -- the door: the real server in a subprocess --------------------------------------------------
+def _serve(tiny_qwen_dir, folder, *args, env=None):
+    port = free_port()
+    log = folder / "server.log"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/serve.py"), "--model", str(tiny_qwen_dir),
+                             "--port", str(port), "--memory-file", str(folder / "chat_history.txt"),
+                             "--max-new-tokens", "8", "--max-context", "1024", "--greedy", *args],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 240
+    while True:
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.time() < deadline, "serve.py did not start"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+
+
+def _stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def open_server(tiny_qwen_dir, tmp_path_factory):
+    """serve.py on loopback without keys (what a browser page would attack), one allowed origin."""
+    folder = tmp_path_factory.mktemp("open-server")
+    proc, url = _serve(tiny_qwen_dir, folder, "--allowed-origins", "http://127.0.0.1:3000")
+    yield {"url": url, "folder": folder, "proc": proc}
+    _stop(proc)
+
+
+CHAT = {"model": "default", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_cross_origin_text_plain_post_is_refused(open_server):
+    """The request a web page can send anywhere without asking first (a "simple" request)."""
+    url = f"{open_server['url']}/v1/chat/completions"
+    r = httpx.post(url, content=json.dumps(CHAT), timeout=60,
+                   headers={"Content-Type": "text/plain", "Origin": "http://evil.example"})
+    assert _error(r, 403)["code"] == "origin_not_allowed"
+    assert _error(httpx.post(url, content=json.dumps(CHAT), timeout=60, headers={"Content-Type": "text/plain"}),
+                  415)["code"] == "unsupported_media_type"
+    assert _error(httpx.post(url, json=CHAT, timeout=60, headers={"Origin": "http://evil.example"}), 403)
+    assert _error(httpx.options(url, timeout=60, headers={"Origin": "http://evil.example",
+                                                          "Access-Control-Request-Method": "POST"}), 403)
+    # the allowed origin: preflight and request answered, with CORS headers naming it
+    pre = httpx.options(url, timeout=60, headers={"Origin": "http://127.0.0.1:3000",
+                                                  "Access-Control-Request-Method": "POST",
+                                                  "Access-Control-Request-Headers": "authorization, content-type"})
+    assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
+    ok = httpx.post(url, json=CHAT, timeout=60, headers={"Origin": "http://127.0.0.1:3000"})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
+    assert httpx.post(url, json=CHAT, timeout=60).status_code == 200  # no Origin: not a browser
+
+
+def test_a_foreign_host_is_refused(open_server):
+    """DNS rebinding: evil.example resolves to 127.0.0.1, and the browser sends Host: evil.example."""
+    url = open_server["url"]
+    port = url.rsplit(":", 1)[1]
+    for path in ("/health", "/v1/models"):
+        assert _error(httpx.get(url + path, headers={"Host": f"evil.example:{port}"}), 403)["code"] == "host_not_allowed"
+    assert _error(httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60,
+                             headers={"Host": f"evil.example:{port}"}), 403)
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
+        assert httpx.get(f"{url}/v1/models", headers={"Host": host}).status_code == 200
+
+
+def test_user_names_cannot_leave_the_index_folder(open_server):
+    """user "..": before, the index was written into the memory file's own folder."""
+    url, folder = open_server["url"], open_server["folder"]
+    names = ["..", ".", "/", "alice/x", "alice_x", "../../etc"]
+    for name in names:
+        r = httpx.post(f"{url}/v1/chat/completions", json={**CHAT, "model": "default+memory", "user": name},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+    deadline = time.time() + 30
+    while len([d for d in (folder / "chat_history.txt.index").iterdir() if d.is_dir()]) < len(names):
+        assert time.time() < deadline, "the memory indexes were not saved"
+        time.sleep(0.2)
+    assert sorted(p.name for p in folder.iterdir()) == ["chat_history.txt", "chat_history.txt.index",
+                                                        "chat_history.txt.lock", "server.log"]
+    rows = [json.loads(x) for x in (folder / "chat_history.txt").read_text(encoding="utf-8").splitlines()]
+    assert sorted({r["user"] for r in rows}) == sorted(f"anon:{n}" for n in names)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_qwen_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keyed-server")
+    proc, url = _serve(tiny_qwen_dir, folder, "--memory", env={"QWEN_KIT_API_KEYS": f"{KEY},alice:{ALICE_KEY}"})
+    yield {"url": url + "/v1", "folder": folder, "proc": proc}
+    _stop(proc)
+
+
+def test_an_unnamed_key_cannot_reach_a_named_holders_memories(keyed_server):
+    from openai import OpenAI
+
+    fact = "My locker code is 90210 and my cat is Quillon."
+    ask = [{"role": "user", "content": "What is my locker code?"}]
+    alice = OpenAI(base_url=keyed_server["url"], api_key=ALICE_KEY, max_retries=0)
+    alice.chat.completions.create(model="default", messages=[{"role": "user", "content": fact}], max_tokens=2)
+    again = alice.chat.completions.create(model="default", messages=ask, max_tokens=2)
+    assert [m["user_text"] for m in again.model_extra["qwen_kit"]["memories"]] == [fact]  # alice has it
+    anyone = OpenAI(base_url=keyed_server["url"], api_key=KEY, max_retries=0)
+    for user in ("alice", "key:alice", "web:alice", None):
+        spy = anyone.chat.completions.create(model="default", messages=ask, max_tokens=2,
+                                             **({"user": user} if user else {}))
+        assert spy.model_extra["qwen_kit"]["memories"] == [], user
+
+
+def test_a_key_file_with_only_comments_is_refused(tmp_path):
+    from tests.conftest import run_script
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# put one KEY or NAME:KEY per line\n\n   \n", encoding="utf-8")
+    keys.chmod(0o600)
+    r = run_script("serve.py", "--api-key-file", str(keys), "--model", "no-such-model-needed",
+                   "--memory-file", str(tmp_path / "m.txt"), timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "holds no key" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("bound,kw,host,allowed", [
+    ("127.0.0.1", {}, "127.0.0.1:8000", True), ("127.0.0.1", {}, "localhost:8000", True),
+    ("127.0.0.1", {}, "[::1]:8000", True), ("127.0.0.1", {}, "evil.example:8000", False),
+    ("127.0.0.1", {}, "localhost.evil.example", False), ("127.0.0.1", {}, "", False),
+    ("127.0.0.1", {"authenticated": True}, "evil.example", False),  # loopback: keys do not open it
+    ("127.0.0.1", {"allowed_hosts": ["chat.lab.example,other.example"]}, "chat.lab.example:443", True),
+    ("127.0.0.1", {"allowed_hosts": [".lab.example"]}, "a.b.lab.example", True),
+    ("127.0.0.1", {"allowed_hosts": [".lab.example"]}, "evillab.example", False),
+    ("0.0.0.0", {}, "10.1.2.3:8000", True), ("0.0.0.0", {}, "box.lan:8000", False),
+    ("0.0.0.0", {"authenticated": True}, "u1-abc.autodl.example:8443", True),
+    ("192.168.1.5", {}, "192.168.1.5:8000", True), ("192.168.1.5", {}, "10.0.0.1", False),
+    ("127.0.0.1", {"share": True}, "abcd1234.gradio.live", True)])
+def test_the_door_answers_only_the_names_the_server_listens_as(bound, kw, host, allowed):
+    from qwen_kit.door import DoorPolicy
+
+    assert DoorPolicy.for_address(bound, **kw).host_allowed(host) is allowed

@@ -19,9 +19,9 @@ ARTIFACTS = ROOT / "test-artifacts" / "webui"
 USER, PASSWORD = "tester", "s3cret-pass"
 OTHER, OTHER_PASSWORD = "visitor", "an0ther-pass"  # a second login: sees none of USER's memories
 SEEDED = [  # long-term memories the server starts with (the memory file's own format)
-    {"id": "a1b2c3d4e5f6", "time": "2026-11-20 10:00:00", "session": "seed", "user": USER,
+    {"id": "a1b2c3d4e5f6", "time": "2026-11-20 10:00:00", "session": "seed", "user": f"web:{USER}",
      "user_text": "My cat is called Mochi.", "reply": "Mochi is a lovely name."},
-    {"id": "0f9e8d7c6b5a", "time": "2026-11-21 09:30:00", "session": "seed", "user": USER,
+    {"id": "0f9e8d7c6b5a", "time": "2026-11-21 09:30:00", "session": "seed", "user": f"web:{USER}",
      "user_text": "I was born in Chengdu.", "reply": "Chengdu, the home of pandas!"},
 ]
 

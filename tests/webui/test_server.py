@@ -25,6 +25,19 @@ def test_wrong_password_is_refused(server):
         assert client.get("/config").status_code == 200
 
 
+def test_a_foreign_host_is_refused(server):
+    """DNS rebinding: a page on evil.example (resolving to 127.0.0.1) reaching the page."""
+    import httpx
+
+    port = server["url"].rsplit(":", 1)[1]
+    r = httpx.get(server["url"] + "/", headers={"Host": f"evil.example:{port}"})
+    assert r.status_code == 403 and "Host" in r.text
+    r = httpx.post(server["url"] + "/login", headers={"Host": f"evil.example:{port}"},
+                   data={"username": USER, "password": PASSWORD})
+    assert r.status_code == 403
+    assert httpx.get(server["url"] + "/", headers={"Host": f"localhost:{port}"}).status_code == 200
+
+
 @pytest.mark.parametrize("path", ["/etc/hostname", str(ROOT / "setup.cfg"), str(ROOT / "data/knowledge/library.md")])
 def test_files_are_never_served(server, path):
     """Not even the knowledge-base files: the page shows chunks it retrieved, not files."""

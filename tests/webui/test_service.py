@@ -252,5 +252,27 @@ def test_each_login_has_its_own_memories(tiny, tmp_path):
     assert service.forget("all", login="bob") == 1
     assert [row[2] for row in service.memories(login="ann")] == ["My locker number is 4417."]
     rows = [json.loads(x) for x in (tmp_path / "m.txt").read_text(encoding="utf-8").splitlines()]
-    assert [(r["user"], r["user_text"]) for r in rows] == [("ann", "My locker number is 4417.")]
+    assert [(r["user"], r["user_text"]) for r in rows] == [("web:ann", "My locker number is 4417.")]
+
+
+def test_open_memories_are_a_bounded_cache_and_logins_are_their_own_namespace(tiny, tmp_path):
+    """Many distinct users do not keep a memory object each forever; a login named like an
+    API caller's 'user' never shares its memories."""
+    import gc
+
+    from qwen_kit.chat.cli import ChatConfig
+    from qwen_kit.webui.service import MEMORY_CACHE
+
+    cfg = WebConfig(chat=ChatConfig(memory_file=str(tmp_path / "m.txt"), max_new_tokens=8, max_context=512),
+                    memory=True)
+    service = WebChatService(cfg, loaded=tiny)
+    for i in range(MEMORY_CACHE + 40):
+        service.memory_of(f"anon:user{i}")
+    gc.collect()
+    assert service.open_memories() <= MEMORY_CACHE + 1  # + the local user's
+    held = service.conversation(login="ann")  # an open conversation keeps its memory object in use
+    for i in range(MEMORY_CACHE + 5):
+        service.memory_of(f"anon:more{i}")
+    assert service.memory_for("ann") is held.chat.memory
+    assert service.memory_for("ann").user == "web:ann" and service.memory_for(None).user == cfg.chat.user
 
