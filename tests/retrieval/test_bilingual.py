@@ -82,3 +82,25 @@ def test_an_index_made_by_another_embedder_is_rebuilt_not_mixed(docs, embedder, 
     reloaded = HybridRetriever.load(index, embedder)
     assert reloaded.vectors.shape == (len(retriever.chunks), 512)
     assert reloaded.search("图书馆星期天开门吗？", k=1)[0].chunk.file == "library.md"
+
+
+def test_a_memory_index_from_another_embedder_is_rebuilt(tiny, embedder, minilm, tmp_path, capsys):
+    """Long-term memory searches with the same retriever: its index cache, made by MiniLM, is
+    indexed again from the memory file when the default embedder opens it, with one line saying so."""
+    from qwen_kit.chat.memory import LongTermMemory
+    from qwen_kit.chat.prompt import Round
+
+    path = tmp_path / "chat_history.txt"
+    old = LongTermMemory(path, minilm, tiny.tokenizer, user="alice", quiet=True)
+    old.remember([Round("My first car was a green Volvo that I named Brumle.", "A fine name.", 1764000000.0),
+                  Round("I study marine biology in Kiel.", "Sounds great.", 1764000100.0)])
+    old.save_index()
+    manifest = old.index_dir / "manifest.json"
+    assert json.loads(manifest.read_text())["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    capsys.readouterr()
+    new = LongTermMemory(path, embedder, tiny.tokenizer, user="alice")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "all-MiniLM-L6-v2" in err[0]
+    assert json.loads(manifest.read_text())["embedder"] == embedder.name
+    _, extras = new("我的第一辆车叫什么名字？", [])  # and a Chinese question recalls the English memory
+    assert "Brumle" in extras["memories"][0]["user_text"]
