@@ -104,3 +104,30 @@ def test_a_memory_index_from_another_embedder_is_rebuilt(tiny, embedder, minilm,
     assert json.loads(manifest.read_text())["embedder"] == embedder.name
     _, extras = new("我的第一辆车叫什么名字？", [])  # and a Chinese question recalls the English memory
     assert "Brumle" in extras["memories"][0]["user_text"]
+
+
+def test_eval_rag_reports_recall_per_kind_and_language(tmp_path):
+    from tests.conftest import ROOT, run_script
+
+    out = tmp_path / "out"
+    res = run_script("eval_rag.py", "--docs", str(ROOT / "data" / "knowledge"),
+                     "--qa", str(ROOT / "data" / "knowledge_qa_hard.jsonl"), "--out", str(out))
+    assert res.returncode == 0, res.stderr.decode()[-1500:]
+    lines = (out / "rag_eval.md").read_text(encoding="utf-8").splitlines()
+    header = next(line for line in lines if line.startswith("| questions |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    rows = {}
+    for line in lines[lines.index(header) + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0], cells[1]] = dict(zip(cols, cells))
+    assert set(rows) == {(k, lang) for k in ("paraphrase", "crosslingual") for lang in ("en", "zh", "all")}
+    assert {f"{m} recall@{k}" for m in ("bm25", "dense", "hybrid") for k in (1, 5)} <= set(cols)
+    cross = rows["crosslingual", "all"]
+    assert cross["n"] == "12" and float(cross["hybrid recall@5"]) > float(cross["bm25 recall@5"])
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q?", "answers": ["a"], "doc": "library.md", "kind": "tricky"}\n', encoding="utf-8")
+    res = run_script("eval_rag.py", "--docs", str(ROOT / "data" / "knowledge"), "--qa", str(bad), "--out", str(out))
+    assert res.returncode == 2 and "kind must be one of" in res.stderr.decode()
