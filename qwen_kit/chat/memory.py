@@ -188,7 +188,7 @@ class LongTermMemory:
     def __init__(self, path: str | Path, embedder: Any, tokenizer: Any, user: str = "default",
                  top_k: int = 3, max_tokens: int = 512, session: str | None = None, quiet: bool = False,
                  with_replies: bool = True):
-        from qwen_kit.retrieval.hybrid import HybridRetriever
+        from qwen_kit.retrieval.hybrid import HybridRetriever, OtherEmbedder
 
         if not user.strip():
             raise UserError("--user must not be empty")
@@ -207,6 +207,10 @@ class LongTermMemory:
         if (self.index_dir / "manifest.json").is_file():
             try:
                 self.retriever = HybridRetriever.load(self.index_dir, embedder)
+            except OtherEmbedder as err:  # two embedders' vectors are never mixed
+                if not quiet:
+                    print(f"qwen_kit: memory index {self.index_dir} was built with embedder {err.built_with}; "
+                          f"indexing the memories again with {err.wanted}", file=sys.stderr)
             except (UserError, OSError, ValueError, KeyError):
                 self.retriever = None  # a cache: rebuild it from the file
         if self.retriever is None:

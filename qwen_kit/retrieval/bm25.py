@@ -83,16 +83,31 @@ class BM25Index:
             total[docs] += idf[t] * tf * (self.k1 + 1) / (tf + norm)
         return total
 
+    def best_possible(self, query: Sequence[str]) -> float:
+        """An upper bound of any document's score for ``query``: each query term at its idf times
+        (k1 + 1), the limit of a term repeated without end. A term no document has counts at the
+        idf of a term in none, so a query half made of unknown words can match at most about half.
+        Score fusion divides by it to see how much of the question a document matched."""
+        if not len(self._lengths):
+            return 0.0
+        idf = self.idf()
+        unseen = float(np.log1p((len(self._lengths) + 0.5) / 0.5))
+        return float(sum(idf[self.vocab[t]] if t in self.vocab else unseen for t in query) * (self.k1 + 1))
+
     def top(self, query: Sequence[str], k: int) -> list[tuple[int, float]]:
         """The ``k`` best documents with a positive score, best first (ties: lower number first)."""
-        total = self.score_array(query)
-        if total is None:
-            return []
-        ids = np.flatnonzero(total > 0)
-        vals = total[ids]
-        if len(ids) > k:
-            cut = vals[np.argpartition(-vals, k - 1)[k - 1]]
-            keep = vals >= cut  # every document tied with the k-th, so ties break by number
-            ids, vals = ids[keep], vals[keep]
-        order = np.lexsort((ids, -vals))[:k]
-        return [(int(ids[i]), float(vals[i])) for i in order]
+        return top_of(self.score_array(query), k)
+
+
+def top_of(total: np.ndarray | None, k: int) -> list[tuple[int, float]]:
+    """The ``k`` best positive entries of a score array, best first (ties: lower number first)."""
+    if total is None:
+        return []
+    ids = np.flatnonzero(total > 0)
+    vals = total[ids]
+    if len(ids) > k:
+        cut = vals[np.argpartition(-vals, k - 1)[k - 1]]
+        keep = vals >= cut  # every document tied with the k-th, so ties break by number
+        ids, vals = ids[keep], vals[keep]
+    order = np.lexsort((ids, -vals))[:k]
+    return [(int(ids[i]), float(vals[i])) for i in order]

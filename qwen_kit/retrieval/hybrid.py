@@ -1,4 +1,4 @@
-"""Hybrid retrieval: BM25 over segmented text + dense embeddings in FAISS, fused by rank.
+"""Hybrid retrieval: BM25 over segmented text + dense embeddings in FAISS, fused by score.
 
 One retriever serves both the knowledge base and (later) long-term memory.
 
@@ -6,9 +6,12 @@ One retriever serves both the knowledge base and (later) long-term memory.
   tokenizers would turn an unspaced Chinese sentence into a single token. Scoring uses the
   incremental :class:`~qwen_kit.retrieval.bm25.BM25Index` on the pre-segmented tokens, so
   adding a memory per turn does not re-index everything (rank-bm25 is the tests' oracle).
-- Dense: sentence-transformers embeddings, L2-normalised, in FAISS ``IndexFlatIP`` (exact
+- Dense: embeddings, L2-normalised, in FAISS ``IndexFlatIP`` (exact
   cosine); ``index_type="hnsw"`` for indexes past ~1e5 chunks.
-- Fusion: reciprocal rank fusion (k=60) by default, or a weighted sum of min-max scores.
+- Dense embedder: USE multilingual v3 by default (a question and a document in different
+  languages meet), all-MiniLM-L6-v2 or any sentence-transformers model on request.
+- Fusion (:mod:`qwen_kit.retrieval.fusion`): scores by default, so the side that found a real
+  match wins; reciprocal rank fusion and min-max weighting on request.
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ import numpy as np
 
 from qwen_kit.errors import UserError
 from qwen_kit.fetch import sha256_of
-from qwen_kit.retrieval.bm25 import BM25Index
+from qwen_kit.retrieval import fusion, use_multilingual
+from qwen_kit.retrieval.bm25 import BM25Index, top_of
 from qwen_kit.retrieval.chunking import Chunk
+from qwen_kit.retrieval.fusion import FUSIONS
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
-RRF_K = 60
 ENGLISH_ONLY = ("all-minilm", "all-mpnet", "bge-small-en", "bge-base-en", "bge-large-en", "e5-small-v2", "gte-small")
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_ALIASES = (MINILM, "all-MiniLM-L6-v2", "minilm")
+DEFAULT_EMBEDDER = use_multilingual.NAME  # measured in docs/knowledge.md ("Choosing the embedder")
 HNSW_FROM = 20_000  # auto index type: the measured crossover (bench/bench_retrieval.py)
 INDEX_VERSION = 2  # 2: vectors.npy + sha256 of every file (1 kept vectors in a FAISS file)
 
@@ -74,26 +81,45 @@ def default_embedder_path() -> str:
 
 
 class Embedder:
-    """A sentence-transformers model; ``name`` is what saved indexes record."""
+    """The dense side; ``name`` is what saved indexes record.
+
+    Default: USE multilingual v3 (:mod:`qwen_kit.retrieval.use_multilingual`), which matches a
+    question with a document in the other language. ``minilm`` (or its full name) is the bundled
+    all-MiniLM-L6-v2 (English only); any other name or folder is loaded by sentence-transformers.
+    """
 
     def __init__(self, name_or_path: str | None = None, device: str = "cpu"):
-        from sentence_transformers import SentenceTransformer
+        name = name_or_path or DEFAULT_EMBEDDER
+        self.query_prefix = QUERY_PREFIX.get(name, "")
+        if name in use_multilingual.ALIASES:
+            self.name, self.model = use_multilingual.NAME, use_multilingual.MultilingualUSE()
+        else:
+            from sentence_transformers import SentenceTransformer
 
-        path = name_or_path or default_embedder_path()
-        self.name = name_or_path or "sentence-transformers/all-MiniLM-L6-v2"
-        self.model = SentenceTransformer(path, device=device)
-        self.query_prefix = QUERY_PREFIX.get(self.name, "")
+            bundled = name in MINILM_ALIASES
+            self.name = MINILM if bundled else name
+            self.model = SentenceTransformer(default_embedder_path() if bundled else name, device=device)
         # An English-only embedder places Chinese text almost at random; fusing that noise
         # into a Chinese query's ranking pushed BM25's right answer out of the top 3.
         self.english_only = any(tag in self.name.lower() for tag in ENGLISH_ONLY)
 
     @property
     def dim(self) -> int:
+        if isinstance(self.model, use_multilingual.MultilingualUSE):
+            return use_multilingual.DIM
         return int(self.model.get_embedding_dimension())
+
+    def count_tokens(self, text: str) -> int:
+        """Length of ``text`` in the embedder's own tokens (chunk sizes are counted in them)."""
+        if isinstance(self.model, use_multilingual.MultilingualUSE):
+            return self.model.count_tokens(text)
+        return len(self.model.tokenizer.tokenize(text))
 
     def encode(self, texts: Sequence[str], query: bool = False, progress: bool = False) -> np.ndarray:
         if query and self.query_prefix:
             texts = [self.query_prefix + t for t in texts]
+        if isinstance(self.model, use_multilingual.MultilingualUSE):
+            return self.model.encode(texts, progress=progress)
         vectors = self.model.encode(list(texts), batch_size=64, normalize_embeddings=True,
                                     show_progress_bar=progress, convert_to_numpy=True)
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
@@ -110,9 +136,9 @@ class Hit:
 class HybridRetriever:
     """Chunks plus their BM25 tokens and embeddings; search by BM25, dense or both."""
 
-    def __init__(self, embedder: Embedder, fusion: str = "rrf", weight: float = 0.5, index_type: str = "auto"):
-        if fusion not in ("rrf", "weighted"):
-            raise UserError(f"fusion must be rrf or weighted, got {fusion!r}")
+    def __init__(self, embedder: Embedder, fusion: str = "score", weight: float = 0.5, index_type: str = "auto"):
+        if fusion not in FUSIONS:
+            raise UserError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         if index_type not in ("auto", "flat", "hnsw"):
             raise UserError(f"index type must be auto, flat or hnsw, got {index_type!r}")
         self.embedder, self.fusion, self.weight, self.index_type = embedder, fusion, weight, index_type
@@ -190,12 +216,14 @@ class HybridRetriever:
         return self._bm25.top(tokens, k)
 
     def search_dense(self, query: str, k: int) -> list[tuple[int, float]]:
-        import faiss
-
         self._ensure()
         if not self.chunks:
             return []
-        q = self.embedder.encode([query], query=True)
+        return self._dense_top(self.embedder.encode([query], query=True), k)
+
+    def _dense_top(self, q: np.ndarray, k: int) -> list[tuple[int, float]]:
+        import faiss
+
         # One query is too little work to split: FAISS's OpenMP team then only fights torch's
         # threads (3x slower on 2 cores, docs/benchmarks.md). FAISS and torch share one OpenMP
         # runtime, so the setting is put back afterwards: left at 1, it silently halved the
@@ -210,11 +238,18 @@ class HybridRetriever:
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", pool: int = 50) -> list[Hit]:
         """The ``k`` best chunks for ``query``; ``mode`` is hybrid, bm25 or dense. A hybrid
-        search for a mostly Chinese query with an English-only embedder uses BM25 alone."""
+        search for a mostly Chinese query with an English-only embedder uses BM25 alone.
+        Each side returns its ``pool`` best; :mod:`qwen_kit.retrieval.fusion` combines them."""
         if mode == "hybrid" and self.embedder.english_only and mostly_cjk(query):
             mode = "bm25"
-        bm = self.search_bm25(query, pool) if mode in ("hybrid", "bm25") else []
-        de = self.search_dense(query, pool) if mode in ("hybrid", "dense") else []
+        self._ensure()
+        if not self.chunks:
+            return []
+        tokens = bm25_tokens(query) if mode in ("hybrid", "bm25") else []
+        bm_all = self._bm25.score_array(tokens) if tokens else None  # every chunk's BM25 score
+        bm = top_of(bm_all, pool)
+        q = self.embedder.encode([query], query=True) if mode in ("hybrid", "dense") else None
+        de = self._dense_top(q, pool) if q is not None else []
         bm_rank = {i: r for r, (i, _) in enumerate(bm, start=1)}
         de_rank = {i: r for r, (i, _) in enumerate(de, start=1)}
         if mode == "bm25":
@@ -222,21 +257,18 @@ class HybridRetriever:
         elif mode == "dense":
             scored = {i: s for i, s in de}
         elif self.fusion == "rrf":
-            scored = {}
-            for ranks in (bm_rank, de_rank):
-                for i, r in ranks.items():
-                    scored[i] = scored.get(i, 0.0) + 1.0 / (RRF_K + r)
+            scored = fusion.rrf([i for i, _ in bm], [i for i, _ in de])
+        elif self.fusion == "weighted":
+            scored = fusion.weighted_minmax(bm, de, self.weight)
         else:
-            scored = {}
-            for weight, results in ((1 - self.weight, bm), (self.weight, de)):
-                if not results:
-                    continue
-                vals = np.array([s for _, s in results])
-                lo, span = vals.min(), (vals.max() - vals.min()) or 1.0
-                for i, s in results:
-                    scored[i] = scored.get(i, 0.0) + weight * (s - lo) / span
-        best = sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-        return [Hit(self.chunks[i], s, bm_rank.get(i), de_rank.get(i)) for i, s in best]
+            # exact scores of every candidate on both sides, not only of the lists it was in
+            cand = np.fromiter(dict.fromkeys([i for i, _ in bm] + [i for i, _ in de]), dtype=np.int64)
+            best = self._bm25.best_possible(tokens)
+            share = bm_all[cand] / best if bm_all is not None and best > 0 else np.zeros(len(cand))
+            scored = fusion.score_fusion(cand, share, self.vectors[cand] @ q[0],
+                                         np.array([s for _, s in de]), self.weight)
+        best_k = sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        return [Hit(self.chunks[i], s, bm_rank.get(i), de_rank.get(i)) for i, s in best_k]
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -283,10 +315,8 @@ class HybridRetriever:
         if set(manifest.get("sha256") or {}) != {"vectors.npy", "chunks.jsonl"}:
             raise UntrustedIndex(f"index {folder}: its manifest lists no checksums; {rebuild}")
         if manifest.get("embedder") != embedder.name:
-            raise UserError(f"index {folder} was built with embedder {manifest.get('embedder')}, not {embedder.name}; "
-                            f"rebuild it (scripts/build_index.py ... --index {folder}) or pass --embedder "
-                            f"{manifest.get('embedder')}")
-        r = cls(embedder, fusion=kw.get("fusion", manifest.get("fusion", "rrf")),
+            raise OtherEmbedder(folder, str(manifest.get("embedder")), embedder.name)
+        r = cls(embedder, fusion=kw.get("fusion", manifest.get("fusion", "score")),
                 weight=kw.get("weight", manifest.get("weight", 0.5)),
                 index_type=kw.get("index_type", manifest.get("index_type", "auto")))
         rows = [json.loads(line) for line in open(folder / "chunks.jsonl", encoding="utf-8") if line.strip()]
@@ -302,6 +332,16 @@ class HybridRetriever:
 
 class UntrustedIndex(UserError):
     """An index folder the kit did not write as it is now (older format, changed files)."""
+
+
+class OtherEmbedder(UntrustedIndex):
+    """An index whose vectors another embedder made: never searched with this one's queries
+    (two embedders' vectors share no space), so it is rebuilt from the documents or refused."""
+
+    def __init__(self, folder: Path, built_with: str, wanted: str):
+        self.folder, self.built_with, self.wanted = folder, built_with, wanted
+        super().__init__(f"index {folder} was built with embedder {built_with}, not {wanted}; rebuild it "
+                         f"(scripts/build_index.py DOCS --index {folder}) or pass --embedder {built_with}")
 
 
 def _embed_text(c: Chunk) -> str:

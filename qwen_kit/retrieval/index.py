@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qwen_kit.errors import UserError
 from qwen_kit.retrieval.chunking import chunk_document
-from qwen_kit.retrieval.hybrid import Embedder, HybridRetriever, UntrustedIndex, file_hash
+from qwen_kit.retrieval.hybrid import Embedder, HybridRetriever, OtherEmbedder, UntrustedIndex, file_hash
 from qwen_kit.retrieval.loaders import LoadReport, load_folder
 
 
@@ -34,7 +35,8 @@ def build_index(docs: str | Path, index: str | Path | None = None, embedder: Emb
     incrementally (only added or changed files are embedded again) and the result is saved.
 
     Raises:
-        UserError: ``docs`` is not a folder, or ``index`` was built with another embedder.
+        UserError: ``docs`` is not a folder. An ``index`` built with another embedder, or not
+            written by this version of the kit, is rebuilt from ``docs`` with a one-line note.
     """
     folder = Path(docs).expanduser()
     if not folder.is_dir():
@@ -45,6 +47,9 @@ def build_index(docs: str | Path, index: str | Path | None = None, embedder: Emb
     if index_dir is not None and (index_dir / "manifest.json").is_file():
         try:
             retriever = HybridRetriever.load(index_dir, embedder, **search)
+        except OtherEmbedder as err:  # never mix two embedders' vectors: the documents are here
+            print(f"index {index_dir} was built with embedder {err.built_with}; indexing every document again "
+                  f"with {err.wanted}", file=sys.stderr)
         except UntrustedIndex as err:  # the documents are here: index them all again
             print(f"{err}; indexing every document again", file=sys.stderr)
     documents, load_report = load_folder(folder, quiet=not progress)
@@ -57,8 +62,7 @@ def build_index(docs: str | Path, index: str | Path | None = None, embedder: Emb
     report.unchanged = len(current) - len(report.changed) - len(report.added)
     retriever.remove_files(set(report.removed) | set(report.changed))
 
-    tokenizer = embedder.model.tokenizer
-    count = lambda s: len(tokenizer.tokenize(s))  # noqa: E731 - chunk sizes in the embedder's own tokens
+    count = embedder.count_tokens  # chunk sizes in the embedder's own tokens
     todo = set(report.added) | set(report.changed)
     new_chunks = [c for d in documents if d.path in todo for c in chunk_document(d.path, d.text, count, chunk_size, overlap)]
     retriever.add(new_chunks, progress=progress and len(new_chunks) > 64)

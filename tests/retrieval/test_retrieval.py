@@ -1,4 +1,4 @@
-"""Hybrid retrieval over real files with the bundled MiniLM embedder."""
+"""Hybrid retrieval over real files with the default embedder (USE multilingual v3)."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_an_index_from_another_embedder_is_refused(docs, embedder, tmp_path):
     build_index(docs, tmp_path / "idx", embedder=embedder, progress=False)
     other = Embedder.__new__(Embedder)
     other.name, other.model, other.query_prefix = "BAAI/bge-small-zh-v1.5", embedder.model, ""
-    with pytest.raises(UserError, match="built with embedder sentence-transformers/all-MiniLM-L6-v2"):
+    with pytest.raises(UserError, match=f"built with embedder {embedder.name}, not BAAI/bge-small-zh-v1.5"):
         HybridRetriever.load(tmp_path / "idx", other)
 
 
