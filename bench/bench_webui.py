@@ -64,7 +64,7 @@ def main() -> None:
 
     from gradio_client import Client
 
-    from qwen_kit.chat.cli import ChatConfig, assemble_chat, load_chat_model
+    from qwen_kit.chat.pipeline import ChatConfig, assemble_chat, load_chat_model
     from tests.webui.conftest import start_server, stop_server
 
     folder = Path(tempfile.mkdtemp(prefix="bench_webui_"))

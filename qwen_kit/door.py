@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from dataclasses import dataclass
 from typing import Any, Iterable
+
+from qwen_kit.errors import UserError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -172,3 +175,15 @@ async def _answer(send: Any, status: int, message: str | None, code: str | None,
         head.append((b"content-type", b"application/json"))
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail in a second, before the model loads, when something already listens there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise UserError(f"cannot listen on {host}:{port} ({err.strerror}); "
+                            "choose another --port or stop what uses it") from None

@@ -15,8 +15,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from qwen_kit.chat.cli import ChatConfig, run_chat  # noqa: E402
-from qwen_kit.chat.options import (add_backend_options, add_generation_options,  # noqa: E402
+from qwen_kit.chat.pipeline import ChatConfig  # noqa: E402
+from qwen_kit.terminal import run_chat  # noqa: E402
+from qwen_kit.service.options import (add_backend_options, add_generation_options,  # noqa: E402
                                    add_model_options, add_persona_memory_options, add_retrieval_options)
 from qwen_kit.entry import run_cli  # noqa: E402
 

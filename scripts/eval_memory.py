@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from qwen_kit.chat.options import add_real_path_options, real_path_config  # noqa: E402
+from qwen_kit.service.options import add_real_path_options, real_path_config  # noqa: E402
 from qwen_kit.entry import run_cli  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from qwen_kit.chat.options import add_real_path_options, real_path_config  # noqa: E402
+from qwen_kit.service.options import add_real_path_options, real_path_config  # noqa: E402
 from qwen_kit.entry import run_cli  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def main() -> None:
             eval_persona(persona, probes, loaded, layout, a.max_new_tokens, a.user) for layout in a.layout]
         rows, details = [r.row() for r in results], {r.layout: r.details for r in results}
         if a.real_path or a.only_real_path:
-            from qwen_kit.chat.cli import open_knowledge
+            from qwen_kit.chat.pipeline import open_knowledge
             from qwen_kit.chat.evaluate import real_path_persona
 
             cfg = real_path_config(a, a.model, user=a.user if a.user != "User" else "default")

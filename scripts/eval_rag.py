@@ -18,7 +18,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from qwen_kit.chat.knowledge import LAYOUTS as KB_LAYOUTS  # noqa: E402
-from qwen_kit.chat.options import add_real_path_options, real_path_config  # noqa: E402
+from qwen_kit.service.options import add_real_path_options, real_path_config  # noqa: E402
 from qwen_kit.entry import run_cli  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main() -> None:
         qa = [row for path in a.qa for row in read_qa(path)]
         title = " + ".join(a.qa)
         if a.real_path or a.only_real_path:
-            from qwen_kit.chat.cli import open_knowledge
+            from qwen_kit.chat.pipeline import open_knowledge
             from qwen_kit.chat.evaluate import real_path_rag, write_table
             from qwen_kit.model import load_model
 
@@ -65,9 +65,9 @@ def main() -> None:
             print(report.read_text(encoding="utf-8"))
             if a.only_real_path:
                 return
-        from qwen_kit.chat.cli import open_knowledge
+        from qwen_kit.chat.pipeline import open_knowledge
 
-        from qwen_kit.chat.cli import ChatConfig
+        from qwen_kit.chat.pipeline import ChatConfig
 
         retriever = open_knowledge(a.docs, Embedder(a.embedder), ChatConfig(fusion=a.fusion, fusion_weight=a.fusion_weight))
         ranks = {mode: gold_ranks(retriever, qa, mode) for mode in MODES}

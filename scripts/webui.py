@@ -15,13 +15,13 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from qwen_kit.chat.cli import ChatConfig  # noqa: E402
-from qwen_kit.chat.options import add_service_options, split_service_args  # noqa: E402
+from qwen_kit.chat.pipeline import ChatConfig  # noqa: E402
+from qwen_kit.service.options import add_service_options, split_service_args  # noqa: E402
 from qwen_kit.entry import run_cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None):
-    from qwen_kit.webui.service import WebConfig
+    from qwen_kit.webui.config import WebConfig
 
     p = argparse.ArgumentParser(description="Browser chat over the qwen_kit chat engine (Gradio).")
     s = add_service_options(p, offered="the page may offer", default_port=7860,

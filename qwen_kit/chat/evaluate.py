@@ -193,7 +193,7 @@ def write_table(out_dir: Path, name: str, title: str, rows: list[dict[str, Any]]
 # -- the real path: what chat.py does, with its defaults ---------------------------------------
 @dataclass
 class RealPathResult:
-    """One feature replayed through :func:`~qwen_kit.chat.cli.assemble_chat` as ``chat.py`` builds
+    """One feature replayed through :func:`~qwen_kit.chat.pipeline.assemble_chat` as ``chat.py`` builds
     it, in a flowing conversation: nothing is taken back, every default is the user's."""
 
     feature: str
@@ -238,7 +238,7 @@ def real_path_rag(cfg: Any, loaded: Any, knowledge: Any, qa: list[dict[str, Any]
     and whether the gold document was among the sources shown."""
     from tqdm import tqdm
 
-    from qwen_kit.chat.cli import assemble_chat
+    from qwen_kit.chat.pipeline import assemble_chat
 
     result = RealPathResult("knowledge base")
     chat = assemble_chat(cfg, loaded, knowledge=knowledge)
@@ -262,7 +262,7 @@ def real_path_memory(cfg: Any, loaded: Any, embedder: Any, dialogue: list[dict[s
 
     from tqdm import tqdm
 
-    from qwen_kit.chat.cli import assemble_chat, context_budget, open_memory
+    from qwen_kit.chat.pipeline import assemble_chat, context_budget, open_memory
 
     result = RealPathResult("memory")
     with tempfile.TemporaryDirectory() as tmp:
@@ -295,7 +295,7 @@ def real_path_persona(cfg: Any, loaded: Any, persona: Any, probes: list[dict[str
     and a lore entry that never fired shows."""
     from tqdm import tqdm
 
-    from qwen_kit.chat.cli import assemble_chat
+    from qwen_kit.chat.pipeline import assemble_chat
 
     result = RealPathResult("persona")
     chat = assemble_chat(cfg, loaded, persona=persona, persona_knowledge=persona_knowledge)

@@ -95,7 +95,8 @@ def _run(config: dict[str, Any], kit: Path, platform: KagglePlatform, working: P
     summary.update({"adapter_path": str(adapter) if adapter else None, "docs_path": str(docs) if docs else None})
 
     if job in ("chat", "rag", "memory", "persona"):
-        from qwen_kit.chat.cli import ChatConfig, run_chat
+        from qwen_kit.chat.pipeline import ChatConfig
+        from qwen_kit.terminal import run_chat
 
         persona = None
         if job == "persona":

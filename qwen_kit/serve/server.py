@@ -2,7 +2,7 @@
 ``/v1/models`` and ``/health``, over the kit's chat pipeline.
 
 Every request goes through the same pipeline as the terminal and the web page
-(:func:`~qwen_kit.chat.cli.assemble_chat`: prompt, knowledge base, persona, memory) and the
+(:func:`~qwen_kit.chat.pipeline.assemble_chat`: prompt, knowledge base, persona, memory) and the
 same backend as the web page (the continuous batcher by default), so requests that arrive
 together are generated together.
 
@@ -39,18 +39,25 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from qwen_kit.door import DoorMiddleware, DoorPolicy
+from qwen_kit.chat.pipeline import assemble_chat
+from qwen_kit.chat.prompt import ContextOverflow, Round
+from qwen_kit.door import DoorMiddleware, DoorPolicy, check_port_free, is_loopback
 from qwen_kit.errors import UserError
-from qwen_kit.webui.service import WebChatService, WebConfig, is_loopback
+from qwen_kit.privacy import warn_if_shared
+from qwen_kit.service import ConversationService, ServiceConfig
 
 API_KEYS_ENV = "QWEN_KIT_API_KEYS"  # KEY or NAME:KEY, several separated by commas
 DEFAULT_PORT = 8000  # vLLM's and most OpenAI-compatible servers'; AutoDL: 6006 (its forwarded port)
 
 
 @dataclass
-class ServeConfig(WebConfig):
+class ServeConfig(ServiceConfig):
     """Everything ``scripts/serve.py`` accepts besides the chat's own flags."""
 
+    host: str | None = None  # None: 127.0.0.1 (AutoDL: 0.0.0.0:6006)
+    port: int | None = None
+    no_auth: bool = False
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides loopback and --host
     api_key_file: str | None = None
     served_name: str | None = None  # the plain model's name in /v1/models (default: the model's)
     allowed_origins: list[str] = field(default_factory=list)  # browser origins allowed to call (CORS)
@@ -78,8 +85,6 @@ def _key_entry(text: str) -> tuple[str | None, str]:
 def read_api_keys(cfg: ServeConfig) -> list[tuple[str | None, str]]:
     """``(name, key)`` pairs from ``--api-key-file`` (one ``KEY`` or ``NAME:KEY`` per line) or the
     ``QWEN_KIT_API_KEYS`` variable (comma-separated). Never from argv: it shows in ``ps``."""
-    from qwen_kit.privacy import warn_if_shared
-
     if cfg.api_key_file:
         path = Path(cfg.api_key_file).expanduser()
         if not path.is_file():
@@ -144,8 +149,6 @@ def _text(content: Any, where: str) -> str:
 
 def parse_messages(messages: Any) -> tuple[str | None, list[Any], str]:
     """``(system text or None, earlier rounds, the new user message)`` from OpenAI messages."""
-    from qwen_kit.chat.prompt import Round
-
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
     system: list[str] = []
@@ -222,7 +225,7 @@ class MemoryWriter:
     SAVE_EVERY = 32
     SAVE_AFTER_S = 10.0
 
-    def __init__(self, web: WebChatService):
+    def __init__(self, web: ConversationService):
         self.web = web
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qwen_kit-memory")
         self._count = threading.Lock()
@@ -300,10 +303,10 @@ def _number(body: dict[str, Any], name: str, kind: type, low: float, high: float
 
 
 class ApiService:
-    """The pipeline's shared parts (model, backend, knowledge bases, personas, memories: the web
-    page's :class:`WebChatService`) and the API's naming of them."""
+    """The pipeline's shared parts (model, backend, knowledge bases, personas, memories: the
+    conversation service, :class:`ConversationService`) and the API's naming of them."""
 
-    def __init__(self, cfg: ServeConfig, web: WebChatService, backend: Any):
+    def __init__(self, cfg: ServeConfig, web: ConversationService, backend: Any):
         self.cfg, self.web, self.backend = cfg, web, backend
         ref = web.loaded.ref
         # a folder is served by its own name (outputs/sft/final -> final), a hub id as it is
@@ -382,9 +385,6 @@ class ApiService:
 
     def prepare(self, body: dict[str, Any], login: str | None) -> tuple[Any, Any, Pipeline]:
         """Parse and check a request; build its conversation; return ``(turn, chat, pipeline)``."""
-        from qwen_kit.chat.cli import assemble_chat
-        from qwen_kit.chat.prompt import ContextOverflow
-
         web = self.web
         pipeline = self.pipeline(body.get("model"), body.get("qwen_kit"))
         system, rounds, message = parse_messages(body.get("messages"))
@@ -661,7 +661,7 @@ async def _stream(api: ApiService, turn: Any, chat: Any, cid: str, created: int,
 # -- running it ---------------------------------------------------------------------------------
 def build_service(cfg: ServeConfig, loaded: Any = None) -> ApiService:
     """Load the model (or connect to the remote backend) and open the pipeline's parts."""
-    web = WebChatService(cfg, loaded)
+    web = ConversationService(cfg, loaded)
     return ApiService(cfg, web, web.backend)
 
 
@@ -671,9 +671,7 @@ def run_server(cfg: ServeConfig) -> int:
 
     cfg.keys = read_api_keys(cfg)
     host, port = serve_address(cfg, cfg.keys)
-    from qwen_kit.webui.service import ServerAddress, check_port_free
-
-    check_port_free(ServerAddress(host, port, False, None))  # fail before minutes of loading
+    check_port_free(host, port)  # fail before minutes of loading
     api = build_service(cfg)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {', '.join(api.model_ids())} at http://{shown}:{port}/v1 "

@@ -1,6 +1,6 @@
-"""The Gradio page over :class:`~qwen_kit.webui.service.WebChatService`.
+"""The Gradio page over the conversation service (:class:`~qwen_kit.service.ConversationService`).
 
-Each browser tab gets its own :class:`~qwen_kit.webui.service.Conversation` (Gradio session
+Each browser tab gets its own :class:`~qwen_kit.service.Conversation` (Gradio session
 state); all of them share the one model through the continuous batcher, so tabs are answered
 at the same time, up to ``--max-batch`` of them. A tab that finds every slot taken sees a
 waiting note on the chat itself.
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qwen_kit.door import DoorMiddleware, DoorPolicy
+from qwen_kit.door import DoorMiddleware, DoorPolicy, check_port_free
 from qwen_kit.errors import UserError
-from qwen_kit.webui.service import (NONE, Conversation, WebChatService, WebConfig, check_port_free, sampling_from,
-                                    server_address)
+from qwen_kit.service.conversations import NONE, Conversation, ConversationService, sampling_from
+from qwen_kit.webui.config import WebConfig, server_address
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a closed network
 try:
@@ -72,7 +72,7 @@ def T(key: str):  # noqa: N802 - reads like a translation marker
     return I18N(key)
 
 
-def build_page(service: WebChatService) -> Any:
+def build_page(service: ConversationService) -> Any:
     cfg = service.cfg.chat
     export_dir = Path(tempfile.mkdtemp(prefix="qwen_kit_exports_"))
 
@@ -243,10 +243,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 def run_webui(cfg: WebConfig) -> int:
     """Check the address and login, load everything, serve until interrupted."""
     address = server_address(cfg)  # refuse an open public page before loading anything
-    check_port_free(address)
+    check_port_free(address.host, address.port)
     if gr is None:
         raise UserError("the web UI needs Gradio: pip install -e '.[webui]' (or: make webui)")
-    service = WebChatService(cfg)
+    service = ConversationService(cfg)
     page = build_page(service)
     # the API server's Host check, before Gradio sees a request (DNS rebinding: qwen_kit/door.py)
     door = Middleware(DoorMiddleware, policy=DoorPolicy.for_address(address.host, cfg.allowed_hosts,

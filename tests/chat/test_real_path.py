@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen_kit.chat.cli import ChatConfig, open_knowledge
+from qwen_kit.chat.pipeline import ChatConfig, open_knowledge
 from qwen_kit.chat.evaluate import real_path_memory, real_path_persona, real_path_rag
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -188,7 +188,7 @@ def test_hnsw_and_weighted_fusion_are_reachable_from_the_scripts(tmp_path):
     assert (manifest["index_type"], manifest["fusion"], manifest["weight"]) == ("hnsw", "weighted", 0.7)
     bad = run_script("chat.py", "--model", "no-such-model", "--rag", str(index), "--fusion-weight", "2")
     assert bad.returncode == 2 and "--fusion-weight must be between 0 and 1" in bad.stderr.decode()
-    from qwen_kit.chat.cli import ChatConfig, open_knowledge
+    from qwen_kit.chat.pipeline import ChatConfig, open_knowledge
     from qwen_kit.retrieval.hybrid import Embedder
 
     embedder = Embedder()

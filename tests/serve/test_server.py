@@ -52,7 +52,7 @@ class Running:
 
 
 def start(loaded, tmp_path, max_batch=8, **web):
-    from qwen_kit.chat.cli import ChatConfig
+    from qwen_kit.chat.pipeline import ChatConfig
     from qwen_kit.serve.server import ServeConfig, build_service
 
     chat = ChatConfig(model="tiny", max_new_tokens=24, memory_file=str(tmp_path / "chat_history.txt"))
@@ -187,7 +187,7 @@ def test_knowledge_base_persona_and_sources_by_model_name(client, server):
                                              messages=[{"role": "user", "content": "Who are you?"}],
                                              temperature=0, max_tokens=4)
     # the persona's pipeline built by hand: the server's prompt is that one, persona card and all
-    from qwen_kit.chat.cli import assemble_chat
+    from qwen_kit.chat.pipeline import assemble_chat
     from qwen_kit.chat.persona import load_persona
 
     api = server.api
@@ -314,7 +314,7 @@ def test_chat_py_names_an_unreachable_server_in_one_line():
 
 def test_a_server_over_another_server_adds_the_knowledge_base(server, tiny, tmp_path, monkeypatch):
     """--backend openai: this server retrieves and cites, the other one generates."""
-    from qwen_kit.chat.cli import ChatConfig
+    from qwen_kit.chat.pipeline import ChatConfig
     from qwen_kit.serve.server import ServeConfig, build_service
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from platforms import get_platform
-from qwen_kit.chat.cli import ChatConfig
+from qwen_kit.chat.pipeline import ChatConfig
 from qwen_kit.errors import UserError
-from qwen_kit.webui.service import WebChatService, WebConfig, server_address
+from qwen_kit.service import ConversationService
+from qwen_kit.webui.config import WebConfig, server_address
 
 
 @pytest.mark.parametrize("kwargs, expected", [
@@ -74,7 +75,7 @@ def service(tiny, tmp_path_factory):
     cfg = WebConfig(chat=ChatConfig(max_new_tokens=16, max_context=512, seed=3,
                                     memory_file=str(root / "chat_history.txt")),
                     knowledge=[str(kb)], personas=[str(personas)])
-    return WebChatService(cfg, loaded=tiny)
+    return ConversationService(cfg, loaded=tiny)
 
 
 def test_offers_only_what_was_given(service):
@@ -88,7 +89,7 @@ def test_offers_only_what_was_given(service):
 
 def test_missing_folder_is_a_user_error(tiny, tmp_path):
     with pytest.raises(UserError, match="no such file or folder"):
-        WebChatService(WebConfig(knowledge=[str(tmp_path / "nope")]), loaded=tiny)
+        ConversationService(WebConfig(knowledge=[str(tmp_path / "nope")]), loaded=tiny)
 
 
 def test_conversations_are_independent_and_keep_their_setup(service):
@@ -206,15 +207,15 @@ def test_logins_come_from_a_file_or_the_environment_and_argv_warns(tmp_path, mon
 
 def test_a_saved_index_is_offered_and_sampling_settings_apply(tiny, embedder, tmp_path):
     from qwen_kit.retrieval.index import build_index
-    from qwen_kit.webui.service import sampling_from
+    from qwen_kit.service.conversations import sampling_from
 
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "bus.md").write_text("# Bus\n\nThe campus bus leaves every 20 minutes from the north gate.\n")
     build_index(docs, tmp_path / "bus-index", embedder, progress=False)
     with pytest.raises(UserError, match="--max-context 512 leaves 0 prompt tokens"):  # at start, not in the page
-        WebChatService(WebConfig(chat=ChatConfig(max_context=512, memory_file=str(tmp_path / "m.txt"))), loaded=tiny)
-    service = WebChatService(WebConfig(chat=ChatConfig(max_context=512, max_new_tokens=64,
+        ConversationService(WebConfig(chat=ChatConfig(max_context=512, memory_file=str(tmp_path / "m.txt"))), loaded=tiny)
+    service = ConversationService(WebConfig(chat=ChatConfig(max_context=512, max_new_tokens=64,
                                                        memory_file=str(tmp_path / "m.txt")),
                                        knowledge=[str(tmp_path / "bus-index")]), loaded=tiny)
     assert service.knowledge_choices() == ["(none)", "bus-index"]
@@ -232,15 +233,15 @@ def test_a_broken_persona_named_on_the_command_line_stops_the_start(tiny, tmp_pa
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n", encoding="utf-8")
     with pytest.raises(UserError, match="bad.yaml"):
-        WebChatService(WebConfig(personas=[str(bad)]), loaded=tiny)
+        ConversationService(WebConfig(personas=[str(bad)]), loaded=tiny)
 
 
 def test_each_login_has_its_own_memories(tiny, tmp_path):
-    from qwen_kit.chat.cli import ChatConfig
+    from qwen_kit.chat.pipeline import ChatConfig
 
     cfg = WebConfig(chat=ChatConfig(memory_file=str(tmp_path / "m.txt"), max_new_tokens=8, greedy=True,
                                     max_context=512), memory=True)
-    service = WebChatService(cfg, loaded=tiny)
+    service = ConversationService(cfg, loaded=tiny)
     ann, bob = service.conversation(login="ann"), service.conversation(login="bob")
     for conv, text in ((ann, "My locker number is 4417."), (bob, "My bike is red.")):
         for _ in conv.stream(text):
@@ -260,12 +261,12 @@ def test_open_memories_are_a_bounded_cache_and_logins_are_their_own_namespace(ti
     API caller's 'user' never shares its memories."""
     import gc
 
-    from qwen_kit.chat.cli import ChatConfig
-    from qwen_kit.webui.service import MEMORY_CACHE
+    from qwen_kit.chat.pipeline import ChatConfig
+    from qwen_kit.service.conversations import MEMORY_CACHE
 
     cfg = WebConfig(chat=ChatConfig(memory_file=str(tmp_path / "m.txt"), max_new_tokens=8, max_context=512),
                     memory=True)
-    service = WebChatService(cfg, loaded=tiny)
+    service = ConversationService(cfg, loaded=tiny)
     for i in range(MEMORY_CACHE + 40):
         service.memory_of(f"anon:user{i}")
     gc.collect()

@@ -1,21 +1,19 @@
-"""The terminal chat: interactive with streaming, or line-per-turn when stdin is piped."""
+"""The chat pipeline: a configuration (every ``chat.py`` flag), the model it names, and
+:func:`assemble_chat`, which joins knowledge base, persona, memory and a generation backend into
+one conversation. The conversation service (:mod:`qwen_kit.service`) builds every conversation of
+the terminal, the web page and the API server through it."""
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from qwen_kit.chat.engine import ChatEngine, GenerationFailed, GenerationSettings
-from qwen_kit.chat.prompt import ContextOverflow
+from qwen_kit.chat.engine import ChatEngine, GenerationSettings
 from qwen_kit.errors import UserError
 from qwen_kit.model import DEMO, LoadOptions, load_model
 from qwen_kit.model.resolve import DEFAULT_CHAT_MODEL, default_chat_model
-
-COMMANDS_HELP = "/reset  /history  /save FILE  /memories [QUERY]  /forget ID|all  /exit"
-
 
 @dataclass
 class ChatConfig:
@@ -73,27 +71,6 @@ class Chat:
         if self.memory is not None:
             self.engine.release_window()
             self.memory.save_index()
-
-
-def build_chat(cfg: ChatConfig) -> Chat:
-    """Load the model named in ``cfg`` and set up the conversation it describes."""
-    persona = None
-    if cfg.persona:  # read first: a broken persona file should fail before a model loads
-        from qwen_kit.chat.persona import load_persona
-
-        persona = load_persona(cfg.persona)
-    loaded = load_chat_model(cfg)
-    _, budget = context_budget(cfg, loaded)
-    embedder = None
-    if cfg.rag or cfg.memory or (persona and persona.documents):
-        from qwen_kit.retrieval.hybrid import Embedder
-
-        embedder = Embedder(cfg.embedder)
-    memory = open_memory(cfg, embedder, loaded.tokenizer, budget) if cfg.memory else None
-    persona_docs = open_knowledge(persona.documents, embedder, cfg) if persona and persona.documents else None
-    knowledge = open_knowledge([cfg.rag], embedder, cfg) if cfg.rag else None
-    return assemble_chat(cfg, loaded, persona=persona, persona_knowledge=persona_docs, knowledge=knowledge,
-                         memory=memory)
 
 
 def load_chat_model(cfg: ChatConfig) -> Any:
@@ -214,178 +191,3 @@ def assemble_chat(cfg: ChatConfig, loaded: Any, *, persona: Any = None, persona_
 def conversation_record(engine: ChatEngine) -> dict[str, Any]:
     """The conversation as saved by ``/save`` and the web UI's export."""
     return {"system": engine.system, "rounds": [asdict(r) for r in engine.rounds]}
-
-
-class ChatSession:
-    """Drives an engine from lines of text: commands, turns, output formats."""
-
-    def __init__(self, chat: Chat | ChatEngine, out: IO[str], jsonl: bool, interactive: bool):
-        self.chat = chat if isinstance(chat, Chat) else Chat(chat)
-        self.engine, self.memory = self.chat.engine, self.chat.memory
-        self.out, self.jsonl, self.interactive = out, jsonl, interactive
-        self.failed_turns = 0
-
-    def greet(self) -> None:
-        """Show the persona's greeting, which opens the conversation."""
-        rounds = self.engine.rounds
-        if rounds and not rounds[0].user:
-            if self.jsonl:
-                self.out.write(json.dumps({"assistant": rounds[0].assistant, "greeting": True}, ensure_ascii=False) + "\n")
-            else:
-                self.out.write((f"{self.chat.persona.name}> " if self.interactive and self.chat.persona else "")
-                               + rounds[0].assistant + "\n")
-            self.out.flush()
-
-    def handle(self, line: str) -> bool:
-        """Process one input line; returns False when the session should end."""
-        text = line.strip()
-        if not text:
-            return True
-        if text.startswith("/"):
-            return self.command(text)
-        self.turn(text)
-        return True
-
-    def command(self, text: str) -> bool:
-        name, _, arg = text.partition(" ")
-        if name in ("/exit", "/quit"):
-            return False
-        if name == "/reset":
-            kept = len(self.engine.in_prompt()) if self.memory is not None else 0
-            self.engine.reset()
-            self.info("conversation cleared" + (f"; {kept} rounds kept in long-term memory" if kept else ""))
-        elif name in ("/memories", "/forget"):
-            self.memory_command(name, arg.strip())
-        elif name == "/history":
-            for i, r in enumerate(self.engine.rounds):
-                mark = "  " if i >= self.engine.window_start else "- "  # "-": no longer in the prompt
-                self.info(f"{mark}[{i + 1}] user: {r.user}\n{mark}[{i + 1}] assistant: {r.assistant}")
-            if not self.engine.rounds:
-                self.info("(no rounds yet)")
-        elif name == "/save":
-            self.save(arg.strip())
-        else:
-            self.info(f"unknown command {name}; commands: {COMMANDS_HELP}")
-        return True
-
-    def memory_command(self, name: str, arg: str) -> None:
-        if self.memory is None:
-            self.info(f"{name} needs long-term memory: start the chat with --memory")
-            return
-        if name == "/forget":
-            try:
-                n = self.memory.forget(arg)
-            except UserError as err:
-                self.info(str(err))
-                return
-            self.info(f"forgot {n} memor{'y' if n == 1 else 'ies'}")
-            return
-        records = self.memory.listing(arg)
-        if self.jsonl:
-            self.out.write(json.dumps({"memories": [asdict(r) for r in records]}, ensure_ascii=False) + "\n")
-            self.out.flush()
-            return
-        if not records:
-            self.info("(no memories" + (f" match {arg!r})" if arg else " yet)"))
-        for r in records:
-            self.info(f"{r.id}  {r.time[:16]}  user: {r.user_text}\n{' ' * 30}reply: {r.reply}")
-
-    def save(self, target: str) -> None:
-        if not target:
-            self.info("usage: /save FILE")
-            return
-        data = conversation_record(self.engine)
-        try:
-            Path(target).expanduser().write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-        except OSError as err:
-            self.info(f"cannot save to {target}: {err.strerror}")
-            return
-        self.info(f"saved {len(self.engine.rounds)} rounds to {target}")
-
-    def turn(self, text: str) -> None:
-        try:
-            turn = self.engine.start_turn(text)
-        except ContextOverflow as err:
-            self.failed_turns += 1
-            self.emit_error(text, str(err))
-            return
-        stream = self.interactive or not self.jsonl
-        if self.interactive:
-            self.out.write("assistant> ")
-        def show(piece: str) -> None:
-            self.out.write(piece)
-            self.out.flush()
-
-        try:
-            turn.run(show if stream else None)
-        except GenerationFailed as err:
-            self.failed_turns += 1
-            if stream:
-                self.out.write("\n")
-            self.emit_error(text, str(err))
-            return
-        if self.jsonl:
-            record: dict[str, Any] = {"user": text, "assistant": turn.text.strip(), **turn.extras}
-            self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        else:
-            self.out.write("\n")
-            files = list(dict.fromkeys(s["file"] for s in turn.extras.get("sources", [])))
-            if files:
-                self.out.write("sources: " + ", ".join(f"[{i}] {f}" for i, f in enumerate(files, start=1)) + "\n")
-        self.out.flush()
-
-    def emit_error(self, text: str, message: str) -> None:
-        if self.jsonl:
-            self.out.write(json.dumps({"user": text, "error": message}, ensure_ascii=False) + "\n")
-            self.out.flush()
-        print(f"qwen_kit: {message}", file=sys.stderr)
-
-    def info(self, message: str) -> None:
-        # Informational lines never mix into machine-readable stdout.
-        print(message, file=sys.stderr if (self.jsonl or not self.interactive) else self.out)
-
-
-def read_lines(stream: IO[bytes], name: str = "stdin"):
-    """Yield decoded lines; a line that is not UTF-8 is a :class:`UserError` naming it."""
-    for number, raw in enumerate(stream, start=1):
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise UserError(f"{name} line {number} is not valid UTF-8 (byte {err.start}); "
-                            "save the input as UTF-8 and run again") from None
-
-
-def run_chat(cfg: ChatConfig, stdin: IO[bytes] | None = None, stdout: IO[str] | None = None) -> int:
-    """Run the chat until /exit or end of input. Returns the process exit code."""
-    stdin = stdin or sys.stdin.buffer
-    stdout = stdout or sys.stdout
-    interactive = stdin.isatty() if hasattr(stdin, "isatty") else False
-    chat = build_chat(cfg)
-    session = ChatSession(chat, stdout, cfg.jsonl, interactive)
-    try:
-        session.greet()
-        if interactive:
-            return _interactive(session)
-        for line in read_lines(stdin):
-            if not session.handle(line):
-                break
-        return 2 if session.failed_turns else 0
-    finally:
-        chat.close()
-
-
-def _interactive(session: ChatSession) -> int:
-    import readline  # noqa: F401  - line editing and history for input()
-
-    print(f"chat ready. commands: {COMMANDS_HELP}", file=sys.stderr)
-    while True:
-        try:
-            line = input("you> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return 0
-        except UnicodeDecodeError:
-            print("that line is not valid UTF-8; type it again", file=sys.stderr)
-            continue
-        if not session.handle(line):
-            return 0

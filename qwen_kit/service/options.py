@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from qwen_kit.chat.cli import ChatConfig
+from qwen_kit.chat.pipeline import ChatConfig
 from qwen_kit.chat.knowledge import LAYOUTS as KB_LAYOUTS
+from qwen_kit.service.conversations import ServiceConfig
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -94,8 +95,6 @@ def add_service_options(p: argparse.ArgumentParser, *, offered: str, memory_help
     """Every flag the web page and the API server share: the chat's own, the knowledge bases and
     personas they offer, the memory switch, the address and the batch size. Returns the
     "server" group, for each door's own login or key flags."""
-    from qwen_kit.webui.service import WebConfig
-
     add_model_options(p)
     add_backend_options(p)
     add_generation_options(p)
@@ -109,7 +108,7 @@ def add_service_options(p: argparse.ArgumentParser, *, offered: str, memory_help
     s = p.add_argument_group("server")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 on AutoDL)")
     s.add_argument("--port", type=int, help=f"port (default {default_port}; 6006 on AutoDL)")
-    s.add_argument("--max-batch", type=int, default=WebConfig.max_batch,
+    s.add_argument("--max-batch", type=int, default=ServiceConfig.max_batch,
                    help="conversations generated at the same time (more wait for a free slot)")
     return s
 

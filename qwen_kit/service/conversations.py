@@ -1,14 +1,15 @@
-"""What the web page does, without the page: one loaded model shared by many conversations.
+"""The conversation service: one loaded model, its knowledge bases, personas and memories,
+shared by many conversations. The terminal (one conversation, the embedded model), the web page
+(one per browser tab) and the API server (one per request) all hold their conversations here; each
+front end keeps only its own protocol.
 
-The Gradio page (:mod:`qwen_kit.webui.app`) only turns clicks into calls on
-:class:`WebChatService` and :class:`Conversation`. Every conversation is a
-:class:`~qwen_kit.chat.cli.Chat` built by the same :func:`~qwen_kit.chat.cli.assemble_chat`
-as the terminal chat, so the web UI adds no second chat engine.
+Every conversation is a :class:`~qwen_kit.chat.pipeline.Chat` built by
+:func:`~qwen_kit.chat.pipeline.assemble_chat`, so no front end has a second chat engine.
 
-Files: the page names knowledge bases and personas by label, never by path. The labels are
-fixed at start from the folders given on the command line (``--kb``, ``--personas``); a
-label that is not one of them is refused, and a persona whose documents lie outside those
-folders is not offered.
+Files: conversations name knowledge bases and personas by label, never by path. The labels are
+fixed at start from what was given on the command line (``--kb``, ``--personas``; the terminal's
+``--rag``, ``--persona``); a label that is not one of them is refused. On a network front end
+(``confine_files``) a persona whose documents lie outside those folders is not offered.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import socket
 import sys
 import threading
 import time
@@ -25,12 +25,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from qwen_kit.chat.cli import (Chat, ChatConfig, assemble_chat, context_budget, conversation_record,
-                               generation_settings, load_chat_model, open_knowledge, open_memory)
 from qwen_kit.chat.engine import GenerationFailed, GenerationSettings
+from qwen_kit.chat.persona import load_persona
+from qwen_kit.chat.pipeline import (Chat, ChatConfig, assemble_chat, context_budget, conversation_record,
+                                    generation_settings, load_chat_model, open_knowledge, open_memory)
 from qwen_kit.chat.prompt import ContextOverflow
-from qwen_kit.door import is_loopback  # noqa: F401 - the address rules below and the API's
 from qwen_kit.errors import UserError
+from qwen_kit.generation.backends import BatchedBackend
+from qwen_kit.retrieval.hybrid import Embedder
 
 NONE = "(none)"
 EMPTY_REPLY = "*(the model ended its reply without any text)*"
@@ -40,102 +42,18 @@ WEB_USER = "web:"  # a page login's memories: "web:NAME" (the API's callers have
 
 
 @dataclass
-class WebConfig:
-    """Everything ``scripts/webui.py`` accepts besides the chat's own flags."""
+class ServiceConfig:
+    """What a conversation service holds besides the chat's own settings. The web page's and the
+    API server's configurations extend it with their doors (address, logins, keys)."""
 
     chat: ChatConfig = field(default_factory=ChatConfig)
     knowledge: list[str] = field(default_factory=list)  # documents folders or saved indexes
     personas: list[str] = field(default_factory=list)  # persona files or folders of them
-    memory: bool = False  # the memory switch's starting position
-    host: str | None = None  # None: the platform's default (AutoDL: 0.0.0.0)
-    port: int | None = None
-    share: bool = False
-    auth: str | None = None  # "user:password" on the command line (warned: argv is visible to others)
-    auth_file: str | None = None  # lines of "user:password"
-    no_auth: bool = False
+    memory: bool = False  # memory on for new conversations (the page's switch starts here)
     max_batch: int = 8  # conversations generated together (the continuous batcher's slots)
-    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides loopback and --host
-
-
-@dataclass(frozen=True)
-class ServerAddress:
-    host: str
-    port: int
-    share: bool
-    auth: list[tuple[str, str]] | None
-
-
-AUTH_ENV = "QWEN_KIT_WEBUI_AUTH"  # "user:password", several separated by commas
-
-
-def _login(text: str, where: str) -> tuple[str, str]:
-    user, sep, password = text.strip().partition(":")
-    if not sep or not user or not password:
-        raise UserError(f"{where} must look like USER:PASSWORD (both parts non-empty)")
-    return user, password
-
-
-def read_logins(cfg: WebConfig) -> list[tuple[str, str]] | None:
-    """Logins from --auth-file, then the QWEN_KIT_WEBUI_AUTH variable, then --auth (which works,
-    with a warning: a password in argv shows in `ps`, shell history and notebook cells)."""
-    import os
-
-    from qwen_kit.privacy import warn_if_shared
-
-    given = [x for x in (cfg.auth, cfg.auth_file, os.environ.get(AUTH_ENV)) if x]
-    if given and cfg.no_auth:
-        raise UserError("give a login (--auth-file, QWEN_KIT_WEBUI_AUTH or --auth) or --no-auth, not both")
-    if cfg.auth_file:
-        path = Path(cfg.auth_file).expanduser()
-        if not path.is_file():
-            raise UserError(f"--auth-file {path}: no such file; write one line USER:PASSWORD per login into it")
-        warn_if_shared(path)
-        logins = [_login(line, f"{path} line {n}") for n, line in
-                  enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if line.strip()
-                  and not line.lstrip().startswith("#")]
-        if not logins:
-            raise UserError(f"--auth-file {path} holds no login; write one line USER:PASSWORD per login")
-        return logins
-    if os.environ.get(AUTH_ENV):
-        return [_login(part, f"{AUTH_ENV} entry {n}")
-                for n, part in enumerate(os.environ[AUTH_ENV].split(","), start=1) if part.strip()]
-    if cfg.auth is not None:
-        login = _login(cfg.auth, "--auth")
-        print("qwen_kit: warning: --auth puts the password in the process list and shell history; "
-              f"prefer --auth-file FILE (one USER:PASSWORD per line, chmod 600) or {AUTH_ENV}", file=sys.stderr)
-        return [login]
-    return None
-
-
-def server_address(cfg: WebConfig, platform: Any = None) -> ServerAddress:
-    """Where to listen and with which login; refuses an open page reachable by others."""
-    if platform is None:
-        from platforms import current_platform
-
-        platform = current_platform()
-    default_host, default_port = platform.webui_address()
-    host, port = cfg.host or default_host, cfg.port or default_port
-    if not 0 < port < 65536:
-        raise UserError(f"--port must be between 1 and 65535, got {port}")
-    auth = read_logins(cfg)
-    exposed = cfg.share or not is_loopback(host)
-    if exposed and auth is None and not cfg.no_auth:
-        where = "a public --share link" if cfg.share else f"--host {host}"
-        raise UserError(f"{where} lets other people reach the page; add --auth-file FILE (lines of USER:PASSWORD) "
-                        f"or set {AUTH_ENV}=USER:PASSWORD (or --no-auth if you really want it open)")
-    return ServerAddress(host, port, cfg.share, auth)
-
-
-def check_port_free(address: ServerAddress) -> None:
-    """Fail in a second, before the model loads, when something already listens there."""
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address.host, address.port))
-        except OSError as err:
-            raise UserError(f"cannot listen on {address.host}:{address.port} ({err.strerror}); "
-                            "choose another --port or stop what uses it") from None
+    offer_memory: bool = True  # conversations may switch memory on (the terminal: only with --memory)
+    batched: bool = True  # False: the embedded model, one reply at a time (the terminal)
+    confine_files: bool = True  # a persona's documents must lie inside the folders given (network front ends)
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -143,22 +61,22 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
-class WebChatService:
+class ConversationService:
     """The model, the knowledge bases, the personas and the memory file, loaded once at start
-    and shared by every open conversation (and by the API server's requests). Replies are
-    generated by one backend for all of them: the continuous batcher over the embedded model
-    (up to ``max_batch`` conversations at once), or the remote/vLLM backend ``--backend`` names."""
+    and shared by every open conversation: the terminal's one, the web page's tabs, the API
+    server's requests. Replies are generated by one backend for all of them: the continuous
+    batcher over the embedded model (up to ``max_batch`` conversations at once), the embedded
+    model alone (``batched=False``: the terminal), or the remote/vLLM backend ``--backend`` names."""
 
-    def __init__(self, cfg: WebConfig, loaded: Any = None):
-        from qwen_kit.chat.persona import load_persona
-
+    def __init__(self, cfg: ServiceConfig, loaded: Any = None):
         self.cfg = cfg
         self.roots = [Path(p).expanduser().resolve() for p in [*cfg.knowledge, *cfg.personas]]
-        for given, root in zip([*cfg.knowledge, *cfg.personas], self.roots):
-            if not root.exists():
-                raise UserError(f"{given}: no such file or folder; check --kb / --personas")
+        if cfg.confine_files:  # the terminal's loaders name its own flags when a path is wrong
+            for given, root in zip([*cfg.knowledge, *cfg.personas], self.roots):
+                if not root.exists():
+                    raise UserError(f"{given}: no such file or folder; check --kb / --personas")
         self.personas: dict[str, Any] = {}
-        for path, named in self._persona_files():
+        for path, named in self._persona_files():  # read first: a broken file fails before a model loads
             try:
                 persona = load_persona(path)
             except UserError as err:
@@ -167,40 +85,39 @@ class WebChatService:
                 print(f"qwen_kit: skipping persona {path}: {err}", file=sys.stderr)
                 continue
             outside = [d for d in persona.documents if not _inside(Path(d), self.roots)]
-            if outside:  # the page must not read files outside the folders given at start
+            if outside and cfg.confine_files:  # a served page must not read files outside the folders given
                 print(f"qwen_kit: skipping persona {path}: its documents {outside[0]} are outside "
                       "the folders given with --kb / --personas", file=sys.stderr)
                 continue
             label = f"{persona.name} ({path.name})"
             self.personas[label] = persona
+        if cfg.max_batch < 1:
+            raise UserError(f"--max-batch must be at least 1, got {cfg.max_batch}")
         self.loaded = loaded or load_chat_model(cfg.chat)
         self.max_context, self.budget = context_budget(cfg.chat, self.loaded)
-        from qwen_kit.retrieval.hybrid import Embedder
-
-        self.embedder = Embedder(cfg.chat.embedder)
+        needs_search = (cfg.knowledge or cfg.memory or cfg.offer_memory
+                        or any(p.documents for p in self.personas.values()))
+        self.embedder = Embedder(cfg.chat.embedder) if needs_search else None
         self.knowledge: dict[str, Any] = {}
         for p in cfg.knowledge:
             self.knowledge[self._kb_label(p)] = open_knowledge([p], self.embedder, cfg.chat)
         self.persona_docs = {label: open_knowledge(p.documents, self.embedder, cfg.chat)
                              for label, p in self.personas.items() if p.documents}
-        if cfg.max_batch < 1:
-            raise UserError(f"--max-batch must be at least 1, got {cfg.max_batch}")
-        self.backend = getattr(self.loaded, "backend", None)
-        if self.backend is None:
-            from qwen_kit.generation.backends import BatchedBackend
-
+        self.backend = getattr(self.loaded, "backend", None)  # --backend openai / vllm
+        if self.backend is None and cfg.batched:
             self.backend = BatchedBackend.for_model(self.loaded, max_batch=cfg.max_batch, max_context=self.max_context)
         self.state_lock = threading.RLock()  # prompt building and memory edits
         # open memories: the recently used ones kept (bounded), and any still held by a
         # conversation or a request found again (one object per user, never two diverging)
         self._recent: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._held: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
-        self.memory = self.memory_for(None)  # the local user's (--user): no login, or the terminal's
-        assemble_chat(cfg.chat, self.loaded)  # a bad token budget fails at start, not in the page
+        # the local user's (--user): no login, or the terminal's
+        self.memory = self.memory_for(None) if cfg.memory or cfg.offer_memory else None
+        assemble_chat(cfg.chat, self.loaded)  # a bad token budget fails at start, not in a conversation
         self._open: weakref.WeakSet[Conversation] = weakref.WeakSet()
         self._chunks: dict[int, dict[str, Any]] = {}
 
-    # -- what the page may offer -------------------------------------------------------------
+    # -- what conversations may use -------------------------------------------------------------
     def _persona_files(self) -> list[tuple[Path, bool]]:
         """``(file, named on the command line)`` for every persona file given or in a given folder."""
         files: list[tuple[Path, bool]] = []
@@ -330,7 +247,7 @@ class Conversation:
     chat built from them. Changing the knowledge base or the memory switch keeps the
     dialogue; choosing another persona starts a new one with its greeting."""
 
-    def __init__(self, service: WebChatService, persona: str | None, knowledge: str | None, memory: bool,
+    def __init__(self, service: ConversationService, persona: str | None, knowledge: str | None, memory: bool,
                  login: str | None = None):
         self.service, self.login = service, login
         self.persona, self.knowledge, self.memory_on = persona, knowledge, memory
