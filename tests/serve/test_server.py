@@ -353,6 +353,18 @@ def test_the_clients_history_reaches_the_model_as_sent(client, server):
     assert "dropped_rounds" not in r.model_extra["qwen_kit"]
 
 
+def test_rounds_left_out_are_the_oldest_and_the_reply_says_why(client):
+    long = " ".join(f"word{i}" for i in range(300))
+    history = []
+    for i in range(12):  # about 12 x 600 tokens: more than the 4096-token context
+        history += [{"role": "user", "content": f"Round {i}: {long}"}, {"role": "assistant", "content": "Sure."}]
+    r = client.chat.completions.create(model="tiny", messages=[*history, {"role": "user", "content": "hi"}],
+                                       temperature=0, max_tokens=4)
+    extras = r.model_extra["qwen_kit"]
+    assert extras["dropped_rounds"] >= 1 and extras["dropped_because"] == "context_length"
+    assert 3000 < r.usage.prompt_tokens <= 4096 - 4  # whole rounds of ~600 tokens left out, no more
+
+
 def test_a_failed_generation_writes_no_memory(server, monkeypatch):
     import openai
 
