@@ -82,7 +82,7 @@ $(STAMP): setup.cfg pyproject.toml $(LOCK)
 venv: $(STAMP) ## create .venv and install the project (done by every target)
 
 demo: $(STAMP) ## chat with the offline demo model over the sample knowledge base (data/knowledge), greedy
-	$(PY) scripts/chat.py --model demo --rag data/knowledge --greedy $(ARGS)
+	$(PY) scripts/chat.py --model demo --rag data/knowledge --greedy --kb-min-ratio 0.6 $(ARGS)
 
 chat: $(STAMP) ## chat with MODEL (folder, hub id or demo)
 	$(PY) scripts/chat.py --model $(MODEL) $(ARGS)
