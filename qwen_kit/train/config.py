@@ -16,7 +16,7 @@ def _opt(default, help: str, choices=None, factory=None):
 
 @dataclass
 class TrainConfig:
-    model: str = _opt("demo", "base model: folder, hub id, platform model name or demo")
+    model: str = _opt("demo", "base model: folder, hub id, platform model name, demo or qwen-coder-0.5b/1.5b")
     data: str = _opt("yahma/alpaca-cleaned", "data: .json/.jsonl/.csv/.parquet, saved dataset folder or hub id")
     output_dir: str | None = _opt(None, "run folder (default: <platform output>/<run_name>)")
     run_name: str | None = _opt(None, "run name, also the TensorBoard folder (default: <model>-<finetune>-<loss>)")

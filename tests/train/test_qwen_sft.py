@@ -1,0 +1,71 @@
+"""scripts/sft.py on the real Qwen2.5-Coder-0.5B-Instruct: two full steps and two LoRA steps, each
+saving a folder that transformers 4 and 5 read as one model (RoPE base 1e6, untied head kept)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from qwen_kit.model.portable import portability_problems
+from tests.conftest import QWEN, run_script, train_losses
+from tests.model.test_portable import _assert_same_model, needs_tf4
+
+pytestmark = pytest.mark.qwen
+
+ROWS = [{"instruction": "What is the capital of France?", "input": "", "output": "Paris."},
+        {"instruction": "中国的首都是哪里？", "input": "", "output": "北京。"},
+        {"instruction": "Name a primary colour.", "input": "", "output": "Red."},
+        {"instruction": "一年有几个月？", "input": "", "output": "十二个月。"}]
+
+
+def _sft(tmp_path: Path, out: Path, *flags: str) -> dict:
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps(ROWS, ensure_ascii=False), encoding="utf-8")
+    res = run_script("sft.py", "--model", QWEN, "--data", str(data), "--output-dir", str(out), "--max-len", "64",
+                     "--per-device-batch", "1", "--max-steps", "2", "--eval-share", "0", "--save-steps", "1000",
+                     "--logging-steps", "1", "--warmup-ratio", "0", *flags,
+                     timeout=1200)
+    assert res.returncode == 0, res.stderr.decode()[-3000:]
+    summary = json.loads((out / "run_summary.json").read_text(encoding="utf-8"))
+    losses = train_losses(summary)
+    assert summary["global_step"] == 2 and len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    return summary
+
+
+def _tensors(folder: Path, *names: str):
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return [f.get_tensor(n) for n in names]
+
+
+@needs_tf4
+def test_two_full_steps_save_a_folder_both_transformers_read_alike(qwen_dir, tmp_path):
+    import torch
+
+    out = tmp_path / "full"
+    _sft(tmp_path, out, "--finetune", "full", "--learning-rate", "1e-5")
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 1e6
+    assert config["tie_word_embeddings"] is False
+    head, embed = _tensors(out, "lm_head.weight", "model.embed_tokens.weight")
+    base_head, = _tensors(qwen_dir, "lm_head.weight")
+    assert not torch.equal(head, embed)  # the untied head is saved as its own tensor
+    assert not torch.equal(head, base_head)  # and it was trained
+    _assert_same_model(out, rope_base=1e6)  # logits within 1e-4 under transformers 4.57 and 5
+
+
+def test_two_lora_steps_save_an_adapter_that_merges_into_a_portable_folder(qwen_dir, tmp_path):
+    out = tmp_path / "lora"
+    summary = _sft(tmp_path, out, "--finetune", "lora", "--lora-r", "8", "--learning-rate", "1e-3")
+    assert summary["trainable_params"] < summary["total_params"] / 50
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert Path(adapter["base_model_name_or_path"]) == qwen_dir
+    res = run_script("merge_lora.py", str(out), "--out", str(tmp_path / "merged"), timeout=900)
+    assert res.returncode == 0, res.stderr.decode()[-3000:]
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert config["rope_theta"] == 1e6 and config["tie_word_embeddings"] is False
+    assert portability_problems(tmp_path / "merged") == []
