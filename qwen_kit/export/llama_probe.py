@@ -48,7 +48,8 @@ def main() -> None:
         fresh(ids)
         new: list[int] = []
         for _ in range(n):
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            # the last evaluated position's logits, read from llama.cpp (llm.scores only holds them with logits_all)
+            token = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))))
             if clock is not None:
                 clock.append(time.perf_counter())
             new.append(token)

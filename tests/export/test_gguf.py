@@ -45,10 +45,15 @@ def hf_logits(model, ids: list[int]) -> torch.Tensor:
 
 
 def hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    from transformers import GenerationConfig
+
     never = model.config.vocab_size + 10  # no stop token: both sides produce exactly n tokens
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=never,
+    # plain argmax: transformers 5 fills unset fields from the folder's generation config, whose
+    # repetition_penalty (1.05) would apply under greedy decoding too
+    plain = GenerationConfig(max_new_tokens=n, do_sample=False, repetition_penalty=1.0, eos_token_id=never,
                              pad_token_id=never)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), generation_config=plain)
     return out[0, len(ids):].tolist()
 
 
