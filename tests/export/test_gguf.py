@@ -209,3 +209,18 @@ def test_demo_llama_architecture_judged_by_llama_cpp(demo, tmp_path):
     assert got["tokens"] == [demo.tokenizer(t).input_ids for t in [text, *PROMPTS]]
     model = hf_reference(demo.ref.path)
     assert got["greedy"] == [hf_greedy(model, i, 24) for i in ids]
+
+
+@pytest.mark.parametrize("pre", [{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first"},
+                                 {"type": "Sequence", "pretokenizers": [
+                                     {"type": "Split", "pattern": {"Regex": r"\p{N}{1,3}"}, "behavior": "Isolated"},
+                                     {"type": "ByteLevel", "use_regex": False}]}], ids=["sentencepiece", "other-split"])
+def test_tokenizers_llama_cpp_would_split_differently_are_refused(pre):
+    from tokenizers import Tokenizer, models
+
+    from qwen_kit.export.gguf import llama_pre_tokenizer
+
+    described = json.loads(Tokenizer(models.BPE()).to_str())
+    described["pre_tokenizer"] = pre
+    with pytest.raises(UserError, match="pre-tokenizer"):
+        llama_pre_tokenizer(described)
