@@ -286,6 +286,9 @@ def write_gguf(folder: str | Path, out: str | Path, quant: str = "f16", name: st
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o666 & ~umask)  # mkstemp made it private; the file is an ordinary output
         os.replace(staging, out)
     finally:
         writer.close()
