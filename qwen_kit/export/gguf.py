@@ -213,7 +213,8 @@ def write_gguf(folder: str | Path, out: str | Path, quant: str = "f16", name: st
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)[1])
-    writer = gguf.GGUFWriter(str(staging), arch_name)
+    # tensors spool to a temporary file past 256 MiB: memory stays bounded for 7B models
+    writer = gguf.GGUFWriter(str(staging), arch_name, use_temp_file=True)
     try:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(name or folder.name)
