@@ -60,7 +60,7 @@ KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)
 
 .DEFAULT_GOAL := help
 
-.PHONY: trl-venv bench-trl serve bench-serve bench-logits
+.PHONY: trl-venv bench-trl serve bench-serve bench-logits gguf llama-venv
 .PHONY: qwen-models test-qwen
 .PHONY: help venv demo chat webui browser doctor test test-fast test-latest lock upgrade tf4-venv portable check-model bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
 	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
@@ -144,6 +144,24 @@ trl-venv: $(TRL_STAMP) ## create .venv-trl (TRL over .venv's packages) for bench
 
 bench-trl: $(TRL_STAMP) ## the kit against TRL's SFTTrainer, same rows/model/batch (ARGS="--data ../shared/data/alpaca_en_demo.json")
 	$(TRL_VENV)/bin/python bench/bench_vs_trl.py $(ARGS)
+
+# llama.cpp's Python bindings, the judge of GGUF exports (tests/export) and the bench's llama.cpp side;
+# not a dependency of the kit. An sdist: pip compiles llama.cpp with cmake and g++ (~5-10 min on two
+# cores, CMAKE_BUILD_PARALLEL_LEVEL jobs) and caches the wheel, so a second install is quick.
+LLAMA_VENV  ?= .venv-llama
+LLAMA_STAMP := $(LLAMA_VENV)/.installed-llama
+CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+$(LLAMA_STAMP): requirements/lock-llama.txt
+	test -x $(LLAMA_VENV)/bin/python || $(PYTHON) -m venv $(LLAMA_VENV)
+	CMAKE_BUILD_PARALLEL_LEVEL=$(CMAKE_BUILD_PARALLEL_LEVEL) $(LLAMA_VENV)/bin/pip install -r requirements/lock-llama.txt
+	touch $@
+
+llama-venv: $(LLAMA_STAMP) ## create .venv-llama with llama-cpp-python (compiles llama.cpp, ~5-10 min) for the GGUF tests
+
+QUANT ?= f16
+GGUF_OUT = $(if $(OUT),$(OUT),output/gguf/$(notdir $(if $(ADAPTER),$(ADAPTER),$(MODEL)))-$(QUANT).gguf)
+gguf: $(STAMP) ## export MODEL [ADAPTER=…] to one GGUF file + ollama Modelfile (QUANT=f16|bf16|q8_0|q5_0|q4_0 OUT=file.gguf)
+	$(PY) scripts/export_gguf.py $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) --quant $(QUANT) --out $(GGUF_OUT) $(ARGS)
 
 tf4-venv: $(TF4_STAMP) ## create .venv-tf4 (transformers 4.57): the second reader for check-model and the tests
 

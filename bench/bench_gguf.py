@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Decode speed of the kit's GGUF exports in llama.cpp vs the kit's own transformers chat path,
+same model, same prompt, same thread count.
+
+    python bench/bench_gguf.py --model demo --quants f16 q8_0 --tokens 64 --repeats 3 --threads 2
+
+Needs .venv-llama (`make llama-venv`). Every side generates exactly --tokens tokens greedily (no
+stop token). llama.cpp: first-token time is the prompt's evaluation plus the first argmax, decode
+tokens/s is counted from the first token to the last (llama_probe.py). transformers: the chat loop
+as scripts/chat.py runs it (ChatEngine, streamed, as bench_chat.py measures it), with torch limited
+to --threads. Runs alternate between the sides so machine load hits them alike; medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--quants", nargs="+", default=["f16", "q8_0"])
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gguf-dir", help="keep the exports here (default: a temporary folder)")
+    args = ap.parse_args()
+
+    import torch
+
+    from qwen_kit.chat.engine import ChatEngine, GenerationSettings
+    from qwen_kit.export.gguf import export_gguf
+    from qwen_kit.export.llamacpp import run_llama
+    from qwen_kit.model import LoadOptions, load_model
+
+    torch.set_num_threads(args.threads)
+    folder = Path(args.gguf_dir or tempfile.mkdtemp(prefix="bench-gguf-"))
+    files = {}
+    for quant in args.quants:
+        path = folder / f"{Path(args.model).name}-{quant}.gguf"
+        files[quant] = path if path.exists() else export_gguf(args.model, path, quant, modelfile=False).path
+
+    loaded = load_model(args.model, LoadOptions(device="cpu", dtype="float32"), quiet=True)
+    never = [loaded.model.config.vocab_size + 10]
+    engine = ChatEngine(loaded.model, loaded.tokenizer, settings=GenerationSettings(max_new_tokens=args.tokens, greedy=True),
+                        eos_token_ids=never)
+    question = "Explain in detail how a library lends books to its members."
+    prompt = engine.start_turn(question).prompt
+    ids = loaded.tokenizer(prompt, add_special_tokens=False).input_ids
+
+    def run_kit() -> tuple[float, float]:
+        engine.reset()
+        t0 = time.perf_counter()
+        turn = engine.start_turn(question)
+        first = None
+
+        def on_piece(_piece: str) -> None:
+            nonlocal first
+            first = first or time.perf_counter()
+
+        turn.run(on_piece)
+        return (turn.stats.new_tokens - 1) / (turn.stats.total_s - turn.stats.first_token_s), first - t0
+
+    def run_gguf(quant: str) -> tuple[float, float]:
+        rows = run_llama({"model": str(files[quant]), "threads": args.threads,
+                          "bench": {"ids": ids, "n": args.tokens, "repeats": 1}})["bench"]
+        return rows[0]["decode_tokens_per_s"], rows[0]["first_token_s"]
+
+    run_kit()  # warm-up
+    results: dict[str, list[tuple[float, float]]] = {"transformers": [], **{q: [] for q in args.quants}}
+    sides = ["transformers", *args.quants]
+    for i in range(args.repeats):
+        for side in (sides if i % 2 == 0 else sides[::-1]):
+            results[side].append(run_kit() if side == "transformers" else run_gguf(side))
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
+          f"torch {torch.__version__}")
+    print(f"model: {args.model}, prompt {len(ids)} tokens, {args.tokens} new tokens, {args.repeats} alternating runs, medians")
+    print("| path | decode tokens/s | first token (ms) |")
+    print("| --- | --- | --- |")
+    for side in sides:
+        rate = statistics.median(r for r, _ in results[side])
+        first = statistics.median(f for _, f in results[side])
+        name = "kit chat loop, transformers fp32" if side == "transformers" else f"llama.cpp, {side} export"
+        print(f"| {name} | {rate:.1f} | {first * 1000:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
