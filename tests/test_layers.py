@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("errors",)),
     ("foundations", ("privacy", "jsonl", "fetch", "config", "assets", "entry")),
     ("models and search", ("model", "retrieval")),
-    ("data, scoring, generation", ("data", "eval", "generation")),
+    ("data, scoring, generation, export", ("data", "eval", "generation", "export")),
     ("training", ("train", "testing")),
     ("chat pipeline", ("chat",)),
     ("conversation service", ("service",)),
