@@ -46,6 +46,24 @@ def _check_scheme(url: str, allow_http: bool) -> None:
                     f"use the https address{hint}")
 
 
+class _RefuseDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follows redirects only to addresses :func:`_check_scheme` accepts: an https download must
+    not be sent on to plain http by the server (or by whoever answers in its place)."""
+
+    def __init__(self, allow_http: bool):
+        super().__init__()
+        self.allow_http = allow_http
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        _check_scheme(urllib.parse.urljoin(req.full_url, newurl), self.allow_http)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def opener(allow_http: bool = False) -> urllib.request.OpenerDirector:
+    """urllib's opener, with redirects held to the same scheme rule as the first address."""
+    return urllib.request.build_opener(_RefuseDowngrade(allow_http))
+
+
 def _content_range(response) -> tuple[int, int | None] | None:
     """``Content-Range: bytes START-END/TOTAL`` (or ``bytes */TOTAL``) -> (START, TOTAL or None)."""
     value = response.headers.get("Content-Range", "")
@@ -65,10 +83,10 @@ class _Incomplete(Exception):
 
 
 def _receive(request: urllib.request.Request, part: Path, have: int, timeout: float,
-             progress: Callable[[int], None] | None) -> None:
+             progress: Callable[[int], None] | None, allow_http: bool = False) -> None:
     """One request: append to (206) or rewrite (200) ``part``; raise ``_Incomplete`` unless the
     file then holds exactly the length the server announced (Content-Length / Content-Range)."""
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with opener(allow_http).open(request, timeout=timeout) as response:
         total: int | None = None
         length = response.headers.get("Content-Length")
         if have and response.status == 206:
@@ -124,7 +142,7 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
         have = part.stat().st_size if part.exists() else 0
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
-            _receive(request, part, have, timeout, progress)
+            _receive(request, part, have, timeout, progress, allow_http)
             break
         except urllib.error.HTTPError as err:
             if err.code == 416 and have:

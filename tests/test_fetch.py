@@ -186,3 +186,32 @@ def test_plain_http_is_refused_unless_allowed(tmp_path, server, monkeypatch):
         download("file:///etc/passwd", tmp_path / "passwd", allow_http=True)
     monkeypatch.setenv("QWEN_KIT_ALLOW_HTTP", "1")
     assert download(server.url, tmp_path / "file.zip").read_bytes() == PAYLOAD
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        self.send_response(302)
+        self.send_header("Location", self.server.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_redirect_to_plain_http_is_refused_unless_http_is_allowed(server):
+    """The scheme rule holds for every hop, not only the first address: a server (or whoever
+    answers for it) cannot send a download on to http:// by redirecting it."""
+    from qwen_kit.fetch import opener
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
+    httpd.target = server.url  # an http:// address
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    start = f"http://127.0.0.1:{httpd.server_address[1]}/start"
+    try:
+        with pytest.raises(UserError, match="only https://"):
+            opener(allow_http=False).open(start, timeout=10)
+        with opener(allow_http=True).open(start, timeout=10) as response:
+            assert response.read() == PAYLOAD
+    finally:
+        httpd.shutdown()
