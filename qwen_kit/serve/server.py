@@ -374,14 +374,14 @@ class ApiService:
         ``user`` never reaches memories another door authenticated: a named key's holder gets
         ``key:NAME`` (``key:NAME/USER`` with ``user``), whatever ``user`` says; a caller without
         a named key (an unnamed key, ``--no-auth``, a key-less loopback server) gets
-        ``anon:USER``, or the local user (``--user``, the terminal's) without ``user``. The web
-        page's logins are ``web:LOGIN``."""
+        ``anon:USER`` (``anon:`` without ``user``): never the local user's memories (``--user``,
+        the terminal's and the page's without a login). The web page's logins are ``web:LOGIN``."""
         if user is not None and not isinstance(user, str):
             raise ApiError(400, "'user' must be a string", param="user")
         user = (user or "").strip()
         if login:
             return f"key:{login}/{user}" if user else f"key:{login}"
-        return f"anon:{user}" if user else self.cfg.chat.user
+        return f"anon:{user}"
 
     def prepare(self, body: dict[str, Any], login: str | None) -> tuple[Any, Any, Pipeline]:
         """Parse and check a request; build its conversation; return ``(turn, chat, pipeline)``."""

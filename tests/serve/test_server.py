@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from qwen_kit.chat.prompt import Round
+
 ROOT = Path(__file__).resolve().parents[2]
 KEY, ALICE_KEY = "test-key-0123", "alice-key-4567"
 
@@ -226,6 +228,23 @@ def test_memory_is_per_user_and_named_keys_see_only_their_own(server, tiny):
     assert spy.model_extra["qwen_kit"]["memories"] == []  # alice's key: alice's memories, whatever 'user' says
     lines = [json.loads(x) for x in Path(server.api.cfg.chat.memory_file).read_text().splitlines() if x.strip()]
     assert {x["user"] for x in lines} >= {"anon:bob", "key:alice/bob"}
+
+
+def test_a_caller_without_a_named_key_never_reaches_the_local_users_memories(server):
+    """The terminal's (and the key-less page's) memories belong to whoever runs the server: an
+    unnamed key's holder who sends no ``user`` gets the anonymous namespace, not ``--user``'s."""
+    from openai import OpenAI
+
+    local = server.api.web.memory_of(server.api.cfg.chat.user)
+    secret = "The local user's locker code is 4242."
+    with server.api.web.state_lock:
+        local.remember([Round(secret, "Noted.", time.time())])
+    anon = OpenAI(base_url=server.url, api_key=KEY, max_retries=0)
+    asked = [{"role": "user", "content": "What is the locker code?"}]
+    reply = anon.chat.completions.create(model="tiny+memory", messages=asked, temperature=0, max_tokens=4)
+    assert secret not in [m["user_text"] for m in reply.model_extra["qwen_kit"]["memories"]]
+    rows = [json.loads(x) for x in Path(server.api.cfg.chat.memory_file).read_text().splitlines() if x.strip()]
+    assert {r["user"] for r in rows if r["user_text"] == asked[0]["content"]} == {"anon:"}
 
 
 def test_errors_come_back_in_openai_shape(client, server):
