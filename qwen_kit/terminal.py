@@ -162,6 +162,8 @@ def terminal_service(cfg: ChatConfig) -> ConversationService:
     """The conversation service the terminal holds: the knowledge base and persona named on the
     command line (their files wherever they are: the user typed them), memory when --memory, and
     the embedded model answering one reply at a time (no batcher thread: one person types)."""
+    if cfg.persona and Path(cfg.persona).expanduser().is_dir():  # the service would take its first file
+        raise UserError(f"--persona {cfg.persona} is a folder; give one persona file (.yaml, .yml or .json)")
     return ConversationService(ServiceConfig(chat=cfg, knowledge=[cfg.rag] if cfg.rag else [],
                                              personas=[cfg.persona] if cfg.persona else [], memory=cfg.memory,
                                              offer_memory=cfg.memory, batched=False, confine_files=False))

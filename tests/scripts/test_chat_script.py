@@ -30,6 +30,7 @@ def test_piped_lines_are_turns_and_commands_work(tiny_qwen_dir, tmp_path):
     (["--model", "/no/such/model"], "hi\n", "model folder /no/such/model does not exist"),
     (["--max-context", "40", "--system", "You are a very careful assistant. " * 10], "hi\n",
      "system prompt alone needs"),
+    (["--persona", "data/personas"], "hi\n", "is a folder; give one persona file"),
 ])
 def test_user_mistakes_get_one_line_and_exit_code_2(tiny_qwen_dir, args, stdin, needle):
     if "--model" not in args:
