@@ -95,10 +95,23 @@ class DoorPolicy:
 
     def origin_allowed(self, origin: str, host_header: str) -> bool:
         origin = origin.strip().lower().rstrip("/")
-        if "*" in self.origins or origin in self.origins:
+        if "*" in self.origins or _without_default_port(origin) in {_without_default_port(o) for o in self.origins}:
             return True
-        _, sep, rest = origin.partition("://")
-        return bool(sep) and rest == host_header.strip().lower()  # the server's own origin
+        scheme, sep, rest = origin.partition("://")
+        if not sep:
+            return False
+        # the server's own origin: the page it served, whether or not either side names the default port
+        return (_without_default_port(origin)
+                == _without_default_port(f"{scheme}://{host_header.strip().lower()}"))
+
+
+def _without_default_port(origin: str) -> str:
+    """``scheme://host[:port]`` with the scheme's default port left out (``http://a:80`` is ``http://a``)."""
+    origin = origin.strip().lower().rstrip("/")
+    for scheme, port in (("http://", ":80"), ("https://", ":443")):
+        if origin.startswith(scheme) and origin.endswith(port):
+            return origin[: -len(port)]
+    return origin
 
 
 def _host_name(header: str) -> str:

@@ -35,8 +35,11 @@ def parse_args(argv: list[str] | None = None):
     s.add_argument("--allowed-hosts", action="append", default=[], metavar="NAME[,NAME]",
                    help="Host names the page answers to besides localhost and --host (e.g. the name a proxy "
                         "or AutoDL forwards as; .example.com: that domain and its subdomains; *: any)")
+    s.add_argument("--allowed-origins", action="append", default=[], metavar="ORIGIN[,ORIGIN]",
+                   help="the address (scheme://host[:port]) the page is opened at when a proxy forwards it "
+                        "under another Host; the page's own address needs nothing")
     a = vars(p.parse_args(argv))
-    web = split_service_args(a, ("share", "auth", "auth_file", "no_auth", "allowed_hosts"))
+    web = split_service_args(a, ("share", "auth", "auth_file", "no_auth", "allowed_hosts", "allowed_origins"))
     return WebConfig(chat=ChatConfig(**a), **web)
 
 

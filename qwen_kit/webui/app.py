@@ -250,6 +250,7 @@ def run_webui(cfg: WebConfig) -> int:
     page = build_page(service)
     # the API server's Host check, before Gradio sees a request (DNS rebinding: qwen_kit/door.py)
     door = Middleware(DoorMiddleware, policy=DoorPolicy.for_address(address.host, cfg.allowed_hosts,
+                                                                    allowed_origins=cfg.allowed_origins,
                                                                     share=address.share,
                                                                     authenticated=address.auth is not None))
     try:

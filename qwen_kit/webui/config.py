@@ -28,6 +28,7 @@ class WebConfig(ServiceConfig):
     auth_file: str | None = None  # lines of "user:password"
     no_auth: bool = False
     allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides loopback and --host
+    allowed_origins: list[str] = field(default_factory=list)  # pages (scheme://host[:port]) besides its own, e.g. behind a proxy
 
 
 @dataclass(frozen=True)

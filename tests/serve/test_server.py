@@ -681,3 +681,17 @@ def test_the_door_answers_only_the_names_the_server_listens_as(bound, kw, host, 
     from qwen_kit.door import DoorPolicy
 
     assert DoorPolicy.for_address(bound, **kw).host_allowed(host) is allowed
+
+
+@pytest.mark.parametrize("origins,origin,host,allowed", [
+    ([], "http://127.0.0.1:8000", "127.0.0.1:8000", True),  # the page the server itself served
+    ([], "http://localhost", "localhost:80", True), ([], "https://chat.lab", "chat.lab:443", True),
+    ([], "http://localhost:80", "localhost", True),
+    ([], "http://localhost:8001", "localhost:8000", False), ([], "https://localhost", "localhost:80", False),
+    ([], "http://evil.example", "127.0.0.1:8000", False), ([], "null", "127.0.0.1:8000", False),
+    (["https://chat.lab.example"], "https://chat.lab.example:443", "127.0.0.1:8000", True),
+    (["https://chat.lab.example:8443"], "https://chat.lab.example", "127.0.0.1:8000", False)])
+def test_a_browser_origin_is_the_servers_own_or_one_listed(origins, origin, host, allowed):
+    from qwen_kit.door import DoorPolicy
+
+    assert DoorPolicy.for_address("127.0.0.1", allowed_origins=origins).origin_allowed(origin, host) is allowed

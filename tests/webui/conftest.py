@@ -70,6 +70,9 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+PROXIED_ORIGIN = "https://chat.lab.example"  # where users open the page when a proxy forwards it
+
+
 @pytest.fixture(scope="session")
 def server(tiny_qwen_dir, tmp_path_factory):
     """The page with the tiny model, the sample knowledge base and personas, a seeded memory
@@ -84,7 +87,8 @@ def server(tiny_qwen_dir, tmp_path_factory):
     logins.chmod(0o600)
     proc, url = start_server(["--model", str(tiny_qwen_dir), "--kb", "data/knowledge", "--personas", "data/personas",
                               "--memory-file", str(memory_file), "--auth-file", str(logins),
-                              "--seed", "7", "--max-new-tokens", "120", "--max-context", "1024"],
+                              "--seed", "7", "--max-new-tokens", "120", "--max-context", "1024",
+                              "--allowed-origins", PROXIED_ORIGIN],
                              folder / "server.log")
     yield {"url": url, "memory_file": memory_file, "proc": proc, "log": folder / "server.log"}
     stop_server(proc)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import ROOT
-from tests.webui.conftest import PASSWORD, USER
+from tests.webui.conftest import PASSWORD, PROXIED_ORIGIN, USER
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,6 +36,18 @@ def test_a_foreign_host_is_refused(server):
                    data={"username": USER, "password": PASSWORD})
     assert r.status_code == 403
     assert httpx.get(server["url"] + "/", headers={"Host": f"localhost:{port}"}).status_code == 200
+
+
+def test_clicks_from_another_origin_are_refused_unless_that_origin_is_allowed(server):
+    """Behind a proxy that forwards its own Host the page's requests carry the proxy's origin:
+    --allowed-origins lets exactly that origin in; any other web page stays out."""
+    import httpx
+
+    login = {"username": USER, "password": PASSWORD}
+    r = httpx.post(server["url"] + "/login", headers={"Origin": "https://evil.example"}, data=login)
+    assert r.status_code == 403 and "origin" in r.text
+    assert httpx.post(server["url"] + "/login", headers={"Origin": PROXIED_ORIGIN}, data=login).status_code == 200
+    assert httpx.post(server["url"] + "/login", headers={"Origin": server["url"]}, data=login).status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/etc/hostname", str(ROOT / "setup.cfg"), str(ROOT / "data/knowledge/library.md")])
