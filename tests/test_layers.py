@@ -50,11 +50,18 @@ def _imports_in(text: str, here: tuple[str, ...]) -> list[tuple[int, str]]:
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against this module's package
-                base = list(here[:-1] if here[-1] != "__init__" else here[:-1])[: len(here) - node.level]
+                base = list(here[:-1])[: len(here) - node.level]
                 module = ".".join([*base, *([node.module] if node.module else [])])
             else:
                 module = node.module or ""
-            found.append((node.lineno, module))
+            if module == "qwen_kit":  # from qwen_kit import serve: each name is a package
+                found += [(node.lineno, f"qwen_kit.{a.name}") for a in node.names]
+            else:
+                found.append((node.lineno, module))
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__")):
+            found.append((node.lineno, node.args[0].value))  # importlib.import_module("qwen_kit.x")
     return [(line, m) for line, m in found if m == "qwen_kit" or m.startswith("qwen_kit.")]
 
 
@@ -84,6 +91,9 @@ def test_imports_point_down_the_layers():
     ("def f():\n    from qwen_kit.serve.server import run_server\n", ["qwen_kit.serve.server"]),
     ("import qwen_kit.webui.app as app\n", ["qwen_kit.webui.app"]),
     ("import os\nfrom typing import Any\n", []),
+    ("def f():\n    from qwen_kit import serve, webui\n", ["qwen_kit.serve", "qwen_kit.webui"]),
+    ("import importlib\nm = importlib.import_module('qwen_kit.serve.server')\n", ["qwen_kit.serve.server"]),
+    ("def f():\n    return __import__('qwen_kit.webui.app')\n", ["qwen_kit.webui.app"]),
 ])
 def test_the_walker_sees_imports_inside_functions(text, expected):
     # the check above is only as good as what it finds: a nested import must be found
@@ -92,4 +102,6 @@ def test_the_walker_sees_imports_inside_functions(text, expected):
 
 def test_relative_imports_resolve_to_their_package():
     assert [m for _, m in _imports_in("from ..serve import server\n", ("qwen_kit", "chat", "probe"))] \
+        == ["qwen_kit.serve"]
+    assert [m for _, m in _imports_in("from .. import serve\n", ("qwen_kit", "chat", "probe"))] \
         == ["qwen_kit.serve"]
