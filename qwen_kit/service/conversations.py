@@ -17,7 +17,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
 import sys
+import tempfile
 import threading
 import time
 import weakref
@@ -95,6 +97,7 @@ class ConversationService:
             raise UserError(f"--max-batch must be at least 1, got {cfg.max_batch}")
         self.loaded = loaded or load_chat_model(cfg.chat)
         self.max_context, self.budget = context_budget(cfg.chat, self.loaded)
+        assemble_chat(cfg.chat, self.loaded)  # a bad token budget fails at start, before any thread starts
         needs_search = (cfg.knowledge or cfg.memory or cfg.offer_memory
                         or any(p.documents for p in self.personas.values()))
         self.embedder = Embedder(cfg.chat.embedder) if needs_search else None
@@ -113,7 +116,6 @@ class ConversationService:
         self._held: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         # the local user's (--user): no login, or the terminal's
         self.memory = self.memory_for(None) if cfg.memory or cfg.offer_memory else None
-        assemble_chat(cfg.chat, self.loaded)  # a bad token budget fails at start, not in a conversation
         self._open: weakref.WeakSet[Conversation] = weakref.WeakSet()
         self._chunks: dict[int, dict[str, Any]] = {}
 
@@ -366,9 +368,11 @@ class Conversation:
         folder.mkdir(parents=True, exist_ok=True)
         data = conversation_record(self.engine)
         data.update(model=self.service.model_name, persona=self.persona, knowledge_base=self.knowledge)
-        path = folder / time.strftime("conversation-%Y%m%d-%H%M%S.json")
-        path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-        return path
+        # one file per export: two tabs (two logins) exporting in the same second must not share a path
+        fd, name = tempfile.mkstemp(prefix=time.strftime("conversation-%Y%m%d-%H%M%S-"), suffix=".json", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, ensure_ascii=False, indent=2))
+        return Path(name)
 
 
 def sampling_from(cfg: ChatConfig, **changes: Any) -> GenerationSettings:

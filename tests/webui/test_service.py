@@ -57,6 +57,15 @@ greeting: Hello {{user}}, I am Ada.
 """
 
 
+@pytest.fixture
+def closing():
+    """Services a test opens have their batcher threads ended when it finishes."""
+    opened = []
+    yield lambda service: opened.append(service) or service
+    for service in opened:
+        service.close_backend()
+
+
 @pytest.fixture(scope="module")
 def service(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("webui-service")
@@ -75,7 +84,9 @@ def service(tiny, tmp_path_factory):
     cfg = WebConfig(chat=ChatConfig(max_new_tokens=16, max_context=512, seed=3,
                                     memory_file=str(root / "chat_history.txt")),
                     knowledge=[str(kb)], personas=[str(personas)])
-    return ConversationService(cfg, loaded=tiny)
+    service = ConversationService(cfg, loaded=tiny)
+    yield service
+    service.close_backend()  # its batcher thread ends with the module
 
 
 def test_offers_only_what_was_given(service):
@@ -146,6 +157,8 @@ def test_reset_keeps_rounds_in_memory_and_export_writes_json(service, tmp_path):
     path = conv.export(tmp_path)
     data = json.loads(path.read_text(encoding="utf-8"))
     assert [r["user"] for r in data["rounds"]] == ["My locker number is 4417."]
+    other = service.conversation()  # another tab exporting in the same second gets its own file
+    assert other.export(tmp_path) != path and json.loads(path.read_text(encoding="utf-8")) == data
     assert conv.reset() == 1
     assert conv.engine.rounds == []
     assert any("4417" in row[2] for row in service.memories("locker"))
@@ -205,7 +218,7 @@ def test_logins_come_from_a_file_or_the_environment_and_argv_warns(tmp_path, mon
         server_address(WebConfig(auth_file=str(tmp_path / "none.txt")), local)
 
 
-def test_a_saved_index_is_offered_and_sampling_settings_apply(tiny, embedder, tmp_path):
+def test_a_saved_index_is_offered_and_sampling_settings_apply(tiny, closing, embedder, tmp_path):
     from qwen_kit.retrieval.index import build_index
     from qwen_kit.service.conversations import sampling_from
 
@@ -215,9 +228,9 @@ def test_a_saved_index_is_offered_and_sampling_settings_apply(tiny, embedder, tm
     build_index(docs, tmp_path / "bus-index", embedder, progress=False)
     with pytest.raises(UserError, match="--max-context 512 leaves 0 prompt tokens"):  # at start, not in the page
         ConversationService(WebConfig(chat=ChatConfig(max_context=512, memory_file=str(tmp_path / "m.txt"))), loaded=tiny)
-    service = ConversationService(WebConfig(chat=ChatConfig(max_context=512, max_new_tokens=64,
+    service = closing(ConversationService(WebConfig(chat=ChatConfig(max_context=512, max_new_tokens=64,
                                                        memory_file=str(tmp_path / "m.txt")),
-                                       knowledge=[str(tmp_path / "bus-index")]), loaded=tiny)
+                                       knowledge=[str(tmp_path / "bus-index")]), loaded=tiny))
     assert service.knowledge_choices() == ["(none)", "bus-index"]
     conv = service.conversation(knowledge="bus-index")
     conv.set_sampling(sampling_from(service.cfg.chat, greedy=True, max_new_tokens=3))
@@ -236,12 +249,12 @@ def test_a_broken_persona_named_on_the_command_line_stops_the_start(tiny, tmp_pa
         ConversationService(WebConfig(personas=[str(bad)]), loaded=tiny)
 
 
-def test_each_login_has_its_own_memories(tiny, tmp_path):
+def test_each_login_has_its_own_memories(tiny, closing, tmp_path):
     from qwen_kit.chat.pipeline import ChatConfig
 
     cfg = WebConfig(chat=ChatConfig(memory_file=str(tmp_path / "m.txt"), max_new_tokens=8, greedy=True,
                                     max_context=512), memory=True)
-    service = ConversationService(cfg, loaded=tiny)
+    service = closing(ConversationService(cfg, loaded=tiny))
     ann, bob = service.conversation(login="ann"), service.conversation(login="bob")
     for conv, text in ((ann, "My locker number is 4417."), (bob, "My bike is red.")):
         for _ in conv.stream(text):
@@ -256,7 +269,7 @@ def test_each_login_has_its_own_memories(tiny, tmp_path):
     assert [(r["user"], r["user_text"]) for r in rows] == [("web:ann", "My locker number is 4417.")]
 
 
-def test_open_memories_are_a_bounded_cache_and_logins_are_their_own_namespace(tiny, tmp_path):
+def test_open_memories_are_a_bounded_cache_and_logins_are_their_own_namespace(tiny, closing, tmp_path):
     """Many distinct users do not keep a memory object each forever; a login named like an
     API caller's 'user' never shares its memories."""
     import gc
@@ -266,7 +279,7 @@ def test_open_memories_are_a_bounded_cache_and_logins_are_their_own_namespace(ti
 
     cfg = WebConfig(chat=ChatConfig(memory_file=str(tmp_path / "m.txt"), max_new_tokens=8, max_context=512),
                     memory=True)
-    service = ConversationService(cfg, loaded=tiny)
+    service = closing(ConversationService(cfg, loaded=tiny))
     for i in range(MEMORY_CACHE + 40):
         service.memory_of(f"anon:user{i}")
     gc.collect()
