@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # its own layer (front ends do not lean on each other) or a higher one.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("errors",)),
-    ("foundations", ("privacy", "jsonl", "fetch", "config", "assets", "entry")),
+    ("foundations", ("privacy", "filelock", "jsonl", "fetch", "config", "assets", "entry")),
     ("models and search", ("model", "retrieval")),
     ("data, scoring, generation, export", ("data", "eval", "generation", "export")),
     ("training", ("train", "testing")),

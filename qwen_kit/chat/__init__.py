@@ -1,4 +1,5 @@
-"""Chat: prompt building, the streaming engine and the terminal front end."""
+"""The chat pipeline: prompt building, the streaming engine, knowledge base, persona and memory
+(the front ends are :mod:`qwen_kit.terminal`, :mod:`qwen_kit.webui` and :mod:`qwen_kit.serve`)."""
 
 from qwen_kit.chat.engine import ChatEngine, Turn
 from qwen_kit.chat.prompt import Round, build_messages, fit_rounds, render_prompt

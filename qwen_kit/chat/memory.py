@@ -33,6 +33,7 @@ from typing import Any, Iterator, Sequence
 
 from qwen_kit.chat.prompt import Round, count_tokens
 from qwen_kit.errors import UserError
+from qwen_kit.filelock import exclusive_lock
 from qwen_kit.privacy import FILE_MODE, make_private, open_private, private_dir
 
 FIELDS = ("id", "time", "session", "user", "user_text", "reply")
@@ -56,24 +57,10 @@ class MemoryRecord:
         return f"{self.user_text}\n{self.reply}"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock on ``PATH.lock`` (a separate file: the data file itself is replaced by
     ``forget``, and a lock on a replaced file would protect nothing)."""
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except ImportError:  # Windows
-            import msvcrt
-
-            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+    return exclusive_lock(path.with_name(path.name + ".lock"), FILE_MODE)
 
 
 class MemoryFile:

