@@ -20,15 +20,6 @@ DOCS = {
 }
 
 
-@pytest.fixture
-def docs(tmp_path):
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for name, text in DOCS.items():
-        (folder / name).write_text(text, encoding="utf-8")
-    return folder
-
-
 def test_chinese_sentences_split_at_chinese_punctuation():
     assert split_sentences("宿舍十一点关门。访客要登记！可以吗？可以；谢谢") == \
         ["宿舍十一点关门。", "访客要登记！", "可以吗？", "可以；", "谢谢"]
