@@ -37,8 +37,11 @@ def parse_args(argv: list[str] | None = None):
                         "forwards as; .example.com: that domain and its subdomains; *: any)")
     s.add_argument("--allowed-origins", action="append", default=[], metavar="ORIGIN[,ORIGIN]",
                    help="web pages (scheme://host[:port]) allowed to call the API from a browser; *: any")
+    s.add_argument("--max-waiting", type=int, default=ServeConfig.max_waiting,
+                   help="requests that may wait for a free slot; more get 503 with Retry-After")
     a = vars(p.parse_args(argv))
-    serve = split_service_args(a, ("api_key_file", "no_auth", "served_name", "allowed_hosts", "allowed_origins"))
+    serve = split_service_args(a, ("api_key_file", "no_auth", "served_name", "allowed_hosts", "allowed_origins",
+                                   "max_waiting"))
     return ServeConfig(chat=ChatConfig(**a), **serve)
 
 

@@ -58,6 +58,7 @@ class ServeConfig(ServiceConfig):
     port: int | None = None
     no_auth: bool = False
     allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides loopback and --host
+    max_waiting: int = 32  # requests waiting for a slot before new ones get 503 (each holds a thread)
     api_key_file: str | None = None
     served_name: str | None = None  # the plain model's name in /v1/models (default: the model's)
     allowed_origins: list[str] = field(default_factory=list)  # browser origins allowed to call (CORS)
@@ -330,6 +331,14 @@ class ApiService:
         self.writer.close()
         self.web.save_memories()
 
+    def check_capacity(self) -> None:
+        """Refuse a new request (503, Retry-After) while ``--max-waiting`` requests already wait for
+        a slot: each waiting request holds a thread and a connection, so the line must end somewhere."""
+        batcher = getattr(self.backend, "batcher", None)
+        if batcher is not None and batcher.waiting >= self.cfg.max_waiting:
+            raise ApiError(503, f"the server is busy: {batcher.waiting} requests are waiting for a free slot; "
+                           "try again shortly", kind="server_error", code="server_busy")
+
     def model_ids(self) -> list[str]:
         return [self.base_name, *self.kb_names, *self.persona_names]
 
@@ -498,7 +507,8 @@ def create_app(api: ApiService, host: str = "127.0.0.1") -> Any:
     app.add_middleware(DoorMiddleware, policy=policy)
 
     def error(err: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        headers = ({"WWW-Authenticate": "Bearer"} if err.status == 401 else
+                   {"Retry-After": "1"} if err.status == 503 else None)
         return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     def login(request: Request) -> str | None:
@@ -559,6 +569,7 @@ def create_app(api: ApiService, host: str = "127.0.0.1") -> Any:
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
         include_usage = stream_usage(body)
+        api.check_capacity()
         turn, chat, _ = await asyncio.to_thread(api.prepare, body, who)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         model = body["model"]

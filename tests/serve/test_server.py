@@ -305,6 +305,42 @@ def test_a_killed_client_frees_its_slot(tiny, tmp_path):
         running.stop()
 
 
+def test_a_full_waiting_line_gets_503_and_the_line_moves_on(tiny, tmp_path):
+    """Every waiting request holds a thread and a connection: past --max-waiting the server says
+    busy (503, Retry-After, OpenAI's error shape) instead of piling them up."""
+    running = start(tiny, tmp_path, max_batch=1, max_waiting=1)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3000, "ignore_eos": True,
+            "stream": True}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    health = f"http://127.0.0.1:{running.port}/health"
+
+    def wait_for(field: str) -> None:
+        deadline = time.time() + 60
+        while httpx.get(health).json()[field] < 1:
+            assert time.time() < deadline, f"no request became {field}"
+            time.sleep(0.05)
+
+    try:
+        with httpx.Client(base_url=running.url, headers=headers, timeout=120) as client:
+            streams = [client.send(client.build_request("POST", "/chat/completions", json=body), stream=True)]
+            wait_for("generating")  # the one slot is taken by a long reply
+            streams.append(client.send(client.build_request("POST", "/chat/completions", json=body), stream=True))
+            wait_for("waiting")  # the line holds one
+            third = client.post("/chat/completions", json={**body, "stream": False})
+            assert third.status_code == 503 and third.headers["retry-after"] == "1"
+            assert third.json()["error"]["code"] == "server_busy"
+            for stream in streams:  # both clients hang up: their requests end and the line empties
+                stream.close()
+            deadline = time.time() + 60
+            while (h := httpx.get(health).json())["generating"] or h["waiting"]:
+                assert time.time() < deadline, "the closed streams were never cancelled"
+                time.sleep(0.1)
+            after = client.post("/chat/completions", json={**body, "stream": False, "max_tokens": 2})
+            assert after.status_code == 200  # the line moved on
+    finally:
+        running.stop()
+
+
 @pytest.mark.slow
 def test_chat_py_over_the_kits_own_server_answers_as_the_local_engine(demo_server):
     """chat.py --backend openai keeps RAG local and sends the finished messages: the same
