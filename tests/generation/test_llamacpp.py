@@ -156,8 +156,13 @@ def test_the_cached_prefix_changes_no_reply(llama, gguf_file, tiny, tmp_path):
     from qwen_kit.generation.llamacpp import LlamaCppBackend
 
     settings = GenerationSettings(max_new_tokens=10, greedy=True)
-    prompts = [prompt_of(tiny, CHATS[2][:1]), prompt_of(tiny, CHATS[2]), prompt_of(tiny, CHATS[0])]
-    in_turn = [reply(llama, p, settings)[0] for p in prompts]
+    prompts = [prompt_of(tiny, CHATS[2][:1]), prompt_of(tiny, CHATS[2]), prompt_of(tiny, CHATS[0]),
+               prompt_of(tiny, CHATS[0])]
+    in_turn = []
+    for p in prompts:
+        in_turn.append(reply(llama, p, settings)[0])
+        ids = llama.tokenize(p)  # what llama.cpp holds now: this prompt, then this reply's tokens
+        assert llama.llm.input_ids[: llama.llm.n_tokens].tolist()[: len(ids)] == ids
     assert in_turn == [reply(LlamaCppBackend(gguf_file, llama.tokenizer, n_ctx=1024, threads=1), p, settings)[0]
                        for p in prompts]
 
@@ -204,3 +209,60 @@ def test_make_llama_backend_installs_the_pinned_bindings_into_the_kits_venv():
 
     install = [line for line in make_dry_run("llama-backend").splitlines() if "pip install" in line][-1]
     assert ".venv/bin/pip" in install and "-r requirements/lock-llama.txt" in install
+
+
+@needs_llama
+def test_serve_py_streams_concurrent_replies_each_as_alone(gguf_file, llama, tiny, tmp_path):
+    """The API server over llama.cpp (a real serve.py, the official client): three requests at
+    once, one llama.cpp context; each streamed reply is the one the backend gives alone."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from openai import OpenAI
+
+    from qwen_kit.chat.prompt import render_prompt
+    from tests.conftest import ROOT
+    from tests.serve.test_server import free_port
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/serve.py"), "--backend", "llamacpp", "--model",
+                             str(gguf_file), "--threads", "1", "--port", str(port), "--max-context", "512", "--max-new-tokens", "64",
+                             "--memory-file", str(tmp_path / "chat_history.txt")],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "QWEN_KIT_CACHE": str(tmp_path / "cache")})
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.time() < deadline, "serve.py did not start"
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                if health.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert health.json()["backend"] == "llamacpp"
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        model = client.models.list().data[0].id
+
+        def ask(messages):
+            pieces = []
+            for chunk in client.chat.completions.create(model=model, messages=messages, temperature=0,
+                                                        max_tokens=12, stream=True):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+            return "".join(pieces)
+
+        with ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(ask, CHATS))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    settings = GenerationSettings(max_new_tokens=12, greedy=True)
+    want = ["".join(reply(llama, render_prompt(tiny.tokenizer, m), settings)[0]) for m in CHATS]
+    assert got == want and all(got)
