@@ -266,3 +266,23 @@ def test_serve_py_streams_concurrent_replies_each_as_alone(gguf_file, llama, tin
     settings = GenerationSettings(max_new_tokens=12, greedy=True)
     want = ["".join(reply(llama, render_prompt(tiny.tokenizer, m), settings)[0]) for m in CHATS]
     assert got == want and all(got)
+
+
+@needs_llama
+@pytest.mark.slow
+def test_the_demo_model_answers_the_same_in_llama_cpp(demo, tmp_path):
+    """Real language: the demo exported to f16 answers through chat.py --backend llamacpp, with
+    the knowledge base, what chat.py --model demo answers, word for word."""
+    from qwen_kit.export.gguf import export_gguf
+    from tests.conftest import ROOT
+
+    path = export_gguf("demo", tmp_path / "demo-f16.gguf", "f16", modelfile=False).path
+    turns = "What is the capital of France?\nWhen does the library open on Saturday?\n"
+    common = ["--greedy", "--jsonl", "--max-new-tokens", "40", "--rag", str(ROOT / "data/knowledge"),
+              "--embedder", "minilm"]
+    env = {"QWEN_KIT_CACHE": str(tmp_path / "cache")}
+    got = _jsonl(run_script("chat.py", "--backend", "llamacpp", "--model", str(path), "--threads", "1", *common,
+                            input=turns, env=env))
+    want = _jsonl(run_script("chat.py", "--model", "demo", *common, input=turns))
+    assert [(t["assistant"], t["sources"]) for t in got] == [(t["assistant"], t["sources"]) for t in want]
+    assert "Paris" in got[0]["assistant"]
