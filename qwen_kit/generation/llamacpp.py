@@ -256,7 +256,7 @@ def load_gguf_tokenizer(path: Path, cache_dir: Path | None = None, unused_ids: l
 
 def load_for_llamacpp(cfg: Any) -> LlamaCppModel:
     """``--backend llamacpp --model FILE.gguf [--threads N] [--max-context N]``."""
-    if not cfg.model or not cfg.model.endswith(".gguf"):
+    if not cfg.model or not cfg.model.lower().endswith(".gguf"):
         raise UserError("--backend llamacpp needs --model FILE.gguf (scripts/export_gguf.py or `make gguf` writes one "
                         "from a model folder)")
     path = Path(cfg.model).expanduser()
