@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gguf-dir", help="keep the exports here (default: a temporary folder)")
+    ap.add_argument("--sampled", action="store_true",
+                    help="the kit's sides sample with chat.py's defaults (temperature 0.7, top-p 0.8, top-k 20, "
+                         "penalty 1.05, seed 0) instead of greedy; bare llama.cpp stays argmax")
     args = ap.parse_args()
 
     import torch
@@ -58,7 +61,8 @@ def main() -> None:
         if llama_cpp_available() else {}
     loaded = load_model(args.model, LoadOptions(device="cpu", dtype="float32"), quiet=True)
     never = [loaded.model.config.vocab_size + 10]
-    engine = ChatEngine(loaded.model, loaded.tokenizer, settings=GenerationSettings(max_new_tokens=args.tokens, greedy=True),
+    rule = {"seed": 0} if args.sampled else {"greedy": True}
+    engine = ChatEngine(loaded.model, loaded.tokenizer, settings=GenerationSettings(max_new_tokens=args.tokens, **rule),
                         eos_token_ids=never)
     question = "Explain in detail how a library lends books to its members."
     prompt = engine.start_turn(question).prompt
@@ -77,7 +81,7 @@ def main() -> None:
         turn.run(on_piece)
         return (turn.stats.new_tokens - 1) / (turn.stats.total_s - turn.stats.first_token_s), first - t0
 
-    kit_settings = GenerationSettings(max_new_tokens=args.tokens, greedy=True, ignore_eos=True)
+    kit_settings = GenerationSettings(max_new_tokens=args.tokens, ignore_eos=True, **rule)
     kit_engines = {q: ChatEngine(None, b.tokenizer, settings=kit_settings, backend=b) for q, b in backends.items()}
 
     def run_kit_llama(quant: str) -> tuple[float, float]:
@@ -113,7 +117,8 @@ def main() -> None:
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
           f"torch {torch.__version__}")
-    print(f"model: {args.model}, prompt {len(ids)} tokens, {args.tokens} new tokens, {args.repeats} alternating runs, medians")
+    print(f"model: {args.model}, prompt {len(ids)} tokens, {args.tokens} new tokens, {args.repeats} alternating runs, "
+          f"medians, kit sides {'sampled (chat.py defaults)' if args.sampled else 'greedy'}")
     print("| path | decode tokens/s | first token (ms) |")
     print("| --- | --- | --- |")
     for side in sides:
