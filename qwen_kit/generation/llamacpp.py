@@ -48,7 +48,10 @@ def llama_cpp_available() -> bool:
     """Whether llama.cpp's Python bindings can be imported in this venv."""
     import importlib.util
 
-    return importlib.util.find_spec("llama_cpp") is not None
+    try:
+        return importlib.util.find_spec("llama_cpp") is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        return False
 
 
 def physical_cores() -> int:
