@@ -198,6 +198,15 @@ def test_a_gguf_file_without_the_backend_gets_a_one_line_hint(tmp_path):
     assert "--backend llamacpp" in res.stderr.decode().strip().splitlines()[-1]
 
 
+@needs_llama
+def test_a_file_llama_cpp_refuses_is_named_in_one_line(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    res = run_script("chat.py", "--backend", "llamacpp", "--model", str(broken), input="hi\n")
+    assert res.returncode == 2 and b"Traceback" not in res.stderr
+    assert f"{broken}: llama.cpp cannot load it" in res.stderr.decode().strip().splitlines()[-1]
+
+
 def test_the_llamacpp_backend_needs_a_gguf_file(tiny_qwen_dir):
     res = run_script("chat.py", "--backend", "llamacpp", "--model", str(tiny_qwen_dir), input="hi\n")
     assert res.returncode == 2 and b"Traceback" not in res.stderr
