@@ -60,7 +60,7 @@ KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)
 
 .DEFAULT_GOAL := help
 
-.PHONY: trl-venv bench-trl serve bench-serve bench-logits gguf llama-venv
+.PHONY: trl-venv bench-trl serve bench-serve bench-logits gguf llama-venv llama-backend
 .PHONY: qwen-models test-qwen
 .PHONY: help venv demo chat webui browser doctor test test-fast test-latest lock upgrade tf4-venv portable check-model bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
 	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
@@ -157,6 +157,11 @@ $(LLAMA_STAMP): requirements/lock-llama.txt
 	touch $@
 
 llama-venv: $(LLAMA_STAMP) ## create .venv-llama with llama-cpp-python (compiles llama.cpp, ~5-10 min) for the GGUF tests
+
+# --backend llamacpp: the same pinned bindings, installed into the kit's own venv (pip reuses the
+# wheel it built for .venv-llama when there is one; otherwise this compiles llama.cpp, ~5-10 min).
+llama-backend: $(STAMP) ## install llama-cpp-python into .venv for `chat.py/webui.py/serve.py --backend llamacpp --model FILE.gguf`
+	CMAKE_BUILD_PARALLEL_LEVEL=$(CMAKE_BUILD_PARALLEL_LEVEL) $(PIP) install -c $(VENV)/constraints.txt -r requirements/lock-llama.txt
 
 QUANT ?= f16
 GGUF_OUT = $(if $(OUT),$(OUT),output/gguf/$(notdir $(if $(ADAPTER),$(ADAPTER),$(MODEL)))-$(QUANT).gguf)

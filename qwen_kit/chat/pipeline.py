@@ -52,10 +52,11 @@ class ChatConfig:
     memory_file: str | None = None
     user: str = "default"
     memory_top_k: int = 3
-    backend: str = "transformers"  # transformers (embedded), vllm, or openai (a remote server)
+    backend: str = "transformers"  # transformers (embedded), vllm, llamacpp (a .gguf file) or openai (a remote server)
     base_url: str | None = None  # --backend openai: the server's /v1 address
     api_model: str | None = None  # --backend openai: the remote model's name (default: its first)
     tensor_parallel: int = 1  # --backend vllm: GPUs per model
+    threads: int | None = None  # --backend llamacpp: CPU threads (None: the physical cores)
 
 
 @dataclass
@@ -75,13 +76,18 @@ class Chat:
 
 def load_chat_model(cfg: ChatConfig) -> Any:
     """The model and tokenizer ``cfg`` names (the demo model when no default can be had).
-    With ``--backend openai`` only a tokenizer is loaded (for the prompt budget), or none."""
+    With ``--backend openai`` only a tokenizer is loaded (for the prompt budget), or none; with
+    ``--backend llamacpp`` the GGUF file in llama.cpp and the tokenizer it carries."""
     search_options(cfg)  # a bad search or sampling flag fails before minutes of loading
     generation_settings(cfg)
     if cfg.backend == "openai":
         from qwen_kit.generation.backends import remote_model
 
         return remote_model(cfg)
+    if cfg.backend == "llamacpp":
+        from qwen_kit.generation.llamacpp import load_for_llamacpp
+
+        return load_for_llamacpp(cfg)
     if cfg.backend == "vllm":
         from qwen_kit.generation.vllm import load_for_vllm
 

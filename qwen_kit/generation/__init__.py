@@ -8,7 +8,8 @@ incremental detokenizer:
 - :class:`~qwen_kit.generation.backends.BatchedBackend`: this process's model through the
   continuous batcher (:mod:`qwen_kit.generation.batching`), many replies together;
 - :class:`~qwen_kit.generation.backends.OpenAIBackend`: any OpenAI-compatible server;
-- :class:`~qwen_kit.generation.vllm.VLLMBackend`: vLLM's engine in this process (GPU).
+- :class:`~qwen_kit.generation.vllm.VLLMBackend`: vLLM's engine in this process (GPU);
+- :class:`~qwen_kit.generation.llamacpp.LlamaCppBackend`: a GGUF file in llama.cpp in this process (CPU).
 """
 
 from qwen_kit.generation.base import GenerationFailed, StopFilter, TurnStats

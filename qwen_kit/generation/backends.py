@@ -10,7 +10,8 @@ is the same whichever backend answers:
 - :class:`OpenAIBackend`: any OpenAI-compatible server (vLLM, SGLang, ollama, llama.cpp, a
   cloud API, or the kit's own server); the kit keeps retrieval, persona and memory local and
   sends the finished messages;
-- :class:`qwen_kit.generation.vllm.VLLMBackend`: vLLM's engine in this process (GPU).
+- :class:`qwen_kit.generation.vllm.VLLMBackend`: vLLM's engine in this process (GPU);
+- :class:`qwen_kit.generation.llamacpp.LlamaCppBackend`: a GGUF file in llama.cpp in this process (CPU).
 
 Every backend has one method, :meth:`generate`, which blocks until the reply ends, hands text
 pieces to ``on_piece``, honours stop strings and the ``stopped`` flag, fills ``stats`` and

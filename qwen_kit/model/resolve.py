@@ -52,6 +52,9 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _from_folder(name: str, folder: Path, source: str, platform: Platform, download: bool) -> ModelRef:
+    if folder.suffix.lower() == ".gguf" and folder.is_file():
+        raise UserError(f"{folder} is a GGUF file: chat with it in llama.cpp with --backend llamacpp "
+                        "(make llama-backend installs it), or pass the model folder it was exported from")
     if not folder.is_dir():
         raise UserError(f"model path {folder} is a file, not a folder; pass the folder that holds config.json")
     if (folder / "config.json").is_file():

@@ -81,13 +81,16 @@ def add_persona_memory_options(p: argparse.ArgumentParser) -> argparse._Argument
 
 def add_backend_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     b = p.add_argument_group("generation backend")
-    b.add_argument("--backend", default=ChatConfig.backend, choices=["transformers", "vllm", "openai"],
+    b.add_argument("--backend", default=ChatConfig.backend, choices=["transformers", "vllm", "llamacpp", "openai"],
                    help="transformers: the model in this process (default); vllm: vLLM's engine here (GPU, "
-                        "pip install vllm); openai: any OpenAI-compatible server at --base-url (key from OPENAI_API_KEY)")
+                        "pip install vllm); llamacpp: a --model FILE.gguf in llama.cpp here (CPU, make llama-backend); "
+                        "openai: any OpenAI-compatible server at --base-url (key from OPENAI_API_KEY)")
     b.add_argument("--base-url", help="--backend openai: the server's address, e.g. http://127.0.0.1:8000/v1")
     b.add_argument("--api-model", help="--backend openai: the remote model's name (default: the first it lists)")
     b.add_argument("--tensor-parallel", type=int, default=ChatConfig.tensor_parallel,
                    help="--backend vllm: GPUs that share the model")
+    b.add_argument("--threads", type=int, help="--backend llamacpp: CPU threads (default: the physical cores; "
+                                               "1 on a machine other jobs keep busy, docs/laptop.md)")
     return b
 
 
