@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -68,10 +69,11 @@ def main() -> None:
     prompt = engine.start_turn(question).prompt
     ids = loaded.tokenizer(prompt, add_special_tokens=False).input_ids
 
-    def run_kit() -> tuple[float, float]:
-        engine.reset()
+    def time_turn(chat: ChatEngine) -> tuple[Any, float, float]:
+        """One reply through the chat loop: (turn, decode tokens/s after the first, first-token s)."""
+        chat.reset()
         t0 = time.perf_counter()
-        turn = engine.start_turn(question)
+        turn = chat.start_turn(question)
         first = None
 
         def on_piece(_piece: str) -> None:
@@ -79,26 +81,19 @@ def main() -> None:
             first = first or time.perf_counter()
 
         turn.run(on_piece)
-        return (turn.stats.new_tokens - 1) / (turn.stats.total_s - turn.stats.first_token_s), first - t0
+        return turn, (turn.stats.new_tokens - 1) / (turn.stats.total_s - turn.stats.first_token_s), first - t0
+
+    def run_kit() -> tuple[float, float]:
+        return time_turn(engine)[1:]
 
     kit_settings = GenerationSettings(max_new_tokens=args.tokens, ignore_eos=True, **rule)
     kit_engines = {q: ChatEngine(None, b.tokenizer, settings=kit_settings, backend=b) for q, b in backends.items()}
 
     def run_kit_llama(quant: str) -> tuple[float, float]:
-        engine = kit_engines[quant]
-        engine.reset()
         backends[quant].llm.reset()  # no cached prefix: the whole prompt is evaluated, as bare llama.cpp does
-        t0 = time.perf_counter()
-        turn = engine.start_turn(question)
-        first = None
-
-        def on_piece(_piece: str) -> None:
-            nonlocal first
-            first = first or time.perf_counter()
-
-        turn.run(on_piece)
+        turn, rate, first = time_turn(kit_engines[quant])
         assert turn.stats.new_tokens == args.tokens, turn.stats
-        return (turn.stats.new_tokens - 1) / (turn.stats.total_s - turn.stats.first_token_s), first - t0
+        return rate, first
 
     def run_gguf(quant: str) -> tuple[float, float]:
         rows = run_llama({"model": str(files[quant]), "threads": args.threads,
