@@ -1,0 +1,112 @@
+"""The API server and the web page on the real Qwen2.5-Coder-0.5B-Instruct, started as a user
+starts them (scripts/serve.py and scripts/webui.py in subprocesses) and asked through the
+official openai client and gradio's own client: English and Chinese, the knowledge base with its
+sources, the persona, and a long-term memory that one key sees and another does not."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import QWEN, ROOT
+from tests.serve.test_server import free_port
+
+pytestmark = pytest.mark.qwen
+
+KEYS = {"alice": "alice-key-0123", "bob": "bob-key-4567"}
+
+
+@pytest.fixture(scope="module")
+def api(qwen_dir, tmp_path_factory):
+    import httpx
+
+    folder = tmp_path_factory.mktemp("qwen-api")
+    keys = folder / "keys.txt"
+    keys.write_text("".join(f"{name}:{key}\n" for name, key in KEYS.items()), encoding="utf-8")
+    keys.chmod(0o600)
+    memory = folder / "chat_history.txt"
+    port = free_port()
+    log = (folder / "server.log").open("wb")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/serve.py"), "--model", QWEN, "--kb", "data/knowledge",
+                             "--personas", "data/personas", "--memory", "--memory-file", str(memory),
+                             "--api-key-file", str(keys), "--port", str(port), "--max-new-tokens", "24"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    while True:
+        assert proc.poll() is None, (folder / "server.log").read_text(errors="replace")[-3000:]
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.time() < deadline, "serve.py did not answer within 10 minutes"
+        time.sleep(0.5)
+    yield {"url": url + "/v1", "memory": memory, "log": folder / "server.log"}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def client(api, who="alice"):
+    from openai import OpenAI
+
+    return OpenAI(base_url=api["url"], api_key=KEYS[who], max_retries=0, timeout=600)
+
+
+def ask(api, text, model=QWEN, who="alice", **kw):
+    return client(api, who).chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
+                                                    temperature=0, **kw)
+
+
+def test_plain_and_streamed_answers_in_english_and_chinese(api):
+    assert "Paris" in ask(api, "What is the capital of France?").choices[0].message.content
+    chunks = list(ask(api, "中国的首都是哪里？", stream=True))
+    assert "北京" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_the_knowledge_base_answers_with_its_source(api):
+    r = ask(api, "When does Linden Hall Library close on Fridays?", model="kb:knowledge")
+    assert "10" in r.choices[0].message.content
+    assert r.model_extra["qwen_kit"]["sources"][0]["file"].endswith("library.md")
+
+
+def test_the_persona_answers_in_character(api):
+    r = ask(api, "What is your name?", model="persona:lighthouse_keeper")
+    assert "Maren" in r.choices[0].message.content
+
+
+def test_a_remembered_fact_comes_back_to_its_key_only(api):
+    ask(api, "Please remember this: my locker number is 4417.", max_tokens=8)
+    deadline = time.time() + 120  # memories are written on the server's writer thread
+    while "4417" not in (api["memory"].read_text(encoding="utf-8") if api["memory"].exists() else ""):
+        assert time.time() < deadline, "the fact never reached the memory file"
+        time.sleep(0.5)
+    # a new conversation: the fact is not in the messages sent, only in alice's long-term memory
+    assert "4417" in ask(api, "What is my locker number?").choices[0].message.content
+    assert "4417" not in ask(api, "What is my locker number?", who="bob").choices[0].message.content
+
+
+def test_the_web_page_answers_from_the_knowledge_base(qwen_dir, tmp_path):
+    from gradio_client import Client
+
+    from tests.webui.conftest import start_server, stop_server
+
+    proc, url = start_server(["--model", QWEN, "--kb", "data/knowledge", "--memory-file", str(tmp_path / "mem.txt"),
+                              "--max-new-tokens", "24"], tmp_path / "webui.log", timeout=600)
+    try:
+        page = Client(url, verbose=False)
+        page.predict("When does Linden Hall Library close on Fridays?", "(none)", "knowledge", False, True,
+                     0.7, 0.8, 20, 1.05, 24, api_name="/send")
+        exported = page.predict("(none)", "knowledge", False, api_name="/on_export")
+
+        path = exported["value"] if isinstance(exported, dict) else exported
+        with open(path, encoding="utf-8") as f:
+            rounds = json.load(f)["rounds"]
+    finally:
+        stop_server(proc)
+    assert "10" in rounds[0]["assistant"], rounds
