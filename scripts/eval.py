@@ -36,7 +36,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, help="at most this many items per dataset (a quick look)")
     p.add_argument("--out", default=d.out)
     p.add_argument("--name", help="run name (default: the model's folder name)")
-    p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: the dtype the folder declares, the one OpenCompass loads it in (same scores)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
     a = p.parse_args()

@@ -61,6 +61,21 @@ def collect_items(names: Sequence[str], tokenizer: Any, data_root: str | None = 
     return out
 
 
+def opencompass_dtype(folder: str | Path) -> str:
+    """The dtype OpenCompass 0.5.4 loads a model folder in, on CPU and GPU alike: the one its
+    ``config.json`` declares (``torch_dtype``, or ``dtype`` as transformers 5 writes it), float32
+    when it declares none. Qwen2.5's hub checkpoints declare bfloat16; the kit's fine-tunes and
+    merges on CPU float32. Scoring in another dtype moves every perplexity by ~1e-2 on a 0.5B
+    model, enough to flip close items."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "float32"
+    declared = config.get("torch_dtype") or config.get("dtype")
+    return declared if declared in ("float32", "bfloat16", "float16") else "float32"
+
+
 def summarize(name: str, scored: list[Scored]) -> list[dict[str, Any]]:
     """Rows of (dataset, items, accuracy %). MMLU adds a ``mmlu`` row: the mean over subjects,
     as OpenCompass's summariser reports it."""
@@ -91,8 +106,13 @@ def run_eval(cfg: EvalConfig) -> Path:
 
     if cfg.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    from qwen_kit.model.resolve import resolve_model
+
     check_datasets(cfg.datasets)  # before minutes of model loading
-    loaded = load_model(cfg.model, LoadOptions(cfg.adapter, cfg.load_in_4bit, cfg.dtype, cfg.device))
+    dtype = cfg.dtype
+    if dtype == "auto" and not cfg.load_in_4bit:  # OpenCompass's numbers need OpenCompass's dtype
+        dtype = opencompass_dtype(resolve_model(cfg.model).path)
+    loaded = load_model(cfg.model, LoadOptions(cfg.adapter, cfg.load_in_4bit, dtype, cfg.device))
     items = collect_items(cfg.datasets, loaded.tokenizer, cfg.data_root, cfg.max_len, cfg.limit)
     started = time.perf_counter()
     rows, scored = evaluate(loaded.model, loaded.tokenizer, items, cfg.batch_size, cfg.max_len)

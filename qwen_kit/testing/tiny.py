@@ -62,7 +62,7 @@ QWEN25_05B = {"rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6, "max_position_emb
 
 
 def build_tiny_qwen(path: str | Path, hidden_size: int = 128, num_layers: int = 2, seed: int = 0,
-                    vocab_size: int = 1200) -> Path:
+                    vocab_size: int = 1200, dtype: str = "float32") -> Path:
     """Write a tiny Qwen2ForCausalLM + tokenizer to ``path`` through the kit's own save, and return it.
 
     Shaped like Qwen2.5 where a kernel or a reader could care: 64-wide heads (``hidden_size``
@@ -71,6 +71,8 @@ def build_tiny_qwen(path: str | Path, hidden_size: int = 128, num_layers: int = 
     Qwen's 151,936 rows for 151,665 tokens, RoPE base 1e6 (the library default, 10,000, is
     exactly the value at which a dropped ``rope_theta`` goes unnoticed), and a generation config
     that ends replies on ``<|im_end|>`` or ``<|endoftext|>`` with Qwen2.5-Instruct's sampling.
+    ``dtype="bfloat16"`` saves the weights and the config's dtype as the Qwen2.5 checkpoints on
+    the hub have them.
     """
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
@@ -88,7 +90,7 @@ def build_tiny_qwen(path: str | Path, hidden_size: int = 128, num_layers: int = 
                          num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                          bos_token_id=eot, eos_token_id=im_end, pad_token_id=eot, **QWEN25_05B)
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(config).to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot,
                                                **QWEN25_SAMPLING)
     save_model(model, path, tokenizer)
