@@ -11,6 +11,7 @@ Request keys (all but ``model`` optional)::
     tokenize   [text, ...]           -> tokens: [[id, ...], ...]  (BOS/EOS as the file says, specials parsed)
     logits     [[id, ...], ...]      -> logits: [[[float] * n_vocab] * len(ids), ...]
     greedy     [{"ids": [...], "n": N}, ...] -> greedy: [[id] * N, ...] (argmax, no stop token)
+                                     and greedy_logits: [[float] * N, ...] (each chosen token's logit)
     bench      {"ids": [...], "n": N, "repeats": R} -> bench: [{"first_token_s", "decode_tokens_per_s"}, ...]
 """
 
@@ -45,19 +46,27 @@ def main() -> None:
         fresh(ids)
         out["logits"].append(np.asarray(llm.scores[: len(ids)], dtype=np.float32).tolist())
 
-    def greedy(ids: list[int], n: int, clock: list[float] | None = None) -> list[int]:
+    def greedy(ids: list[int], n: int, clock: list[float] | None = None,
+               chosen: list[float] | None = None) -> list[int]:
         fresh(ids)
         new: list[int] = []
         for _ in range(n):
             # the last evaluated position's logits, read from llama.cpp (llm.scores only holds them with logits_all)
-            token = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))))
+            row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+            token = int(np.argmax(row))
             if clock is not None:
                 clock.append(time.perf_counter())
+            if chosen is not None:
+                chosen.append(float(row[token]))
             new.append(token)
             llm.eval([token])
         return new
 
-    out["greedy"] = [greedy(g["ids"], g["n"]) for g in req.get("greedy", [])]
+    out["greedy"], out["greedy_logits"] = [], []
+    for g in req.get("greedy", []):
+        chosen: list[float] = []
+        out["greedy"].append(greedy(g["ids"], g["n"], chosen=chosen))
+        out["greedy_logits"].append(chosen)
     if "bench" in req:
         b, rows = req["bench"], []
         greedy(b["ids"], 2)  # warm-up: page the mapped weights in and size the buffers, as a running chat has

@@ -9,6 +9,8 @@ folder. They run in a subprocess with that venv's Python and are skipped, saying
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ import torch
 from qwen_kit.errors import UserError
 from qwen_kit.export.gguf import export_gguf
 from qwen_kit.export.llamacpp import llama_python, run_llama
-from tests.conftest import make_dry_run, run_script
+from tests.conftest import ROOT, make_dry_run, run_script
 
 needs_llama = pytest.mark.skipif(llama_python() is None, reason="llama.cpp bindings not installed: run `make llama-venv` "
                                  "(or set QWEN_KIT_LLAMA_VENV) to judge GGUF exports with llama.cpp")
@@ -28,6 +30,8 @@ CHAT = [{"role": "system", "content": "你是图书馆的助手。You help stude
         {"role": "user", "content": "Can I borrow 12 books?\n\n\tAnd renew them online?"}]
 PROMPTS = ["The library opens at", "图书馆周六几点开门？", "Question: how many books can a student borrow?\nAnswer:",
            "def add(a, b):\n    return"]
+# Questions a real (demo or Qwen) model answers as a chat: English, Chinese, code
+QUESTIONS = ["What is the capital of France?", "图书馆周六几点开门？", "Write a Python function that adds two numbers."]
 
 
 def hf_reference(folder, round_to_f16: bool = False):
@@ -44,17 +48,47 @@ def hf_logits(model, ids: list[int]) -> torch.Tensor:
         return model(torch.tensor([ids])).logits[0]
 
 
-def hf_greedy(model, ids: list[int], n: int) -> list[int]:
-    from transformers import GenerationConfig
+def assert_greedy_like(model, cases: list[list[int]], continuations: list[list[int]],
+                       chosen_logits: list[list[float]]) -> None:
+    """Each continuation is ``model``'s greedy one: at every step the token llama.cpp chose is the
+    argmax of transformers' logits on the same prefix, and llama.cpp gave it the same logit (all
+    steps in one forward pass per case), both within llama.cpp's f16 arithmetic error: 5e-3 of the
+    logit range, as in the logits test.
 
-    never = model.config.vocab_size + 10  # no stop token: both sides produce exactly n tokens
-    # plain argmax: transformers 5 fills unset fields from the folder's generation config, whose
-    # repetition_penalty (1.05) would apply under greedy decoding too
-    plain = GenerationConfig(max_new_tokens=n, do_sample=False, repetition_penalty=1.0, eos_token_id=never,
-                             pad_token_id=never)
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), generation_config=plain)
-    return out[0, len(ids):].tolist()
+    So a near-tie may go either way. Seen on the fine-tuned demo: a newline and ``<|im_end|>``
+    0.015 apart in fp32, swapped by the f16 weights themselves. The logits are what catch a weight
+    the export got slightly wrong: one MLP matrix scaled by 1.1 leaves the greedy tokens of the
+    fine-tuned demo and of Qwen2.5-0.5B as they were, but moves a chosen token's logit by 0.42
+    (tolerance 0.20) and 0.24 (tolerance 0.19)."""
+    for ids, new, got in zip(cases, continuations, chosen_logits):
+        logits = hf_logits(model, ids + new)[len(ids) - 1: -1]
+        best = logits.max(-1)
+        steps = torch.arange(len(new))
+        gap = best.values - logits[steps, torch.tensor(new)]
+        off = (torch.tensor(got) - logits[steps, torch.tensor(new)]).abs()
+        tolerance = 5e-3 * logits.abs().max()
+        wrong = [(step, new[step], int(best.indices[step]), round(float(gap[step]), 4), round(float(off[step]), 4))
+                 for step in range(len(new)) if gap[step] > tolerance or off[step] > tolerance]
+        assert not wrong, (f"llama.cpp's greedy steps after {ids} that transformers disagrees with (tolerance "
+                           f"{float(tolerance):.3f}): (step, llama.cpp's token, transformers' token, how much lower "
+                           f"transformers ranks it, llama.cpp's logit minus transformers') {wrong}")
+
+
+def chat_prompts(tokenizer, questions=QUESTIONS) -> list[str]:
+    """Each question as a one-turn chat, rendered by the folder's own template up to the reply."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            for q in questions]
+
+
+def assert_llama_cpp_runs_like_the_folder(path, folder, tokenizer, prompts: list[str], n: int = 24) -> None:
+    """The judge of an f16 export, one llama.cpp load: the fixed ChatML text (and PROMPTS) tokenize
+    to the HF tokenizer's ids, and each of ``prompts`` continues greedily for ``n`` tokens as the HF
+    ``folder`` does under transformers in fp32 (token for token up to near-ties, with the same logits: see assert_greedy_like)."""
+    texts = [tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True), *PROMPTS]
+    cases = [tokenizer(p).input_ids for p in prompts]
+    got = run_llama({"model": str(path), "tokenize": texts, "greedy": [{"ids": c, "n": n} for c in cases]})
+    assert got["tokens"] == [tokenizer(t).input_ids for t in texts]
+    assert_greedy_like(hf_reference(folder), cases, got["greedy"], got["greedy_logits"])
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +148,6 @@ def test_transformers_reads_q8_0_back_within_quantisation_error(exports, head):
 
 
 @needs_llama
-def test_llama_cpp_tokenizes_like_the_hf_tokenizer(exports, tiny):
-    text = tiny.tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
-    texts = [text, *PROMPTS]
-    got = run_llama({"model": str(exports["tied", "f16"]), "vocab_only": True, "tokenize": texts})["tokens"]
-    assert got == [tiny.tokenizer(t).input_ids for t in texts]
-
-
-@needs_llama
 @pytest.mark.parametrize("head", ["tied", "untied"])
 def test_llama_cpp_logits_equal_the_hf_folder(exports, tiny, head):
     ids = tiny.tokenizer(tiny.tokenizer.apply_chat_template(CHAT, tokenize=False), add_special_tokens=False).input_ids
@@ -133,11 +159,8 @@ def test_llama_cpp_logits_equal_the_hf_folder(exports, tiny, head):
 
 @needs_llama
 @pytest.mark.parametrize("head", ["tied", "untied"])
-def test_llama_cpp_greedy_continuations_equal_the_hf_folder(exports, tiny, head):
-    cases = [tiny.tokenizer(p).input_ids for p in PROMPTS]
-    got = run_llama({"model": str(exports[head, "f16"]), "greedy": [{"ids": c, "n": 24} for c in cases]})["greedy"]
-    model = hf_reference(exports[head])
-    assert got == [hf_greedy(model, c, 24) for c in cases]
+def test_llama_cpp_tokenizes_and_continues_greedily_like_the_hf_folder(exports, tiny, head):
+    assert_llama_cpp_runs_like_the_folder(exports[head, "f16"], exports[head], tiny.tokenizer, PROMPTS)
 
 
 def test_lora_adapter_is_merged_before_export(tiny_qwen_dir, tmp_path):
@@ -195,20 +218,26 @@ def test_make_gguf_runs_the_script():
     assert "scripts/export_gguf.py output/sft-demo  --quant q8_0 --out output/gguf/sft-demo-q8_0.gguf" in dry
 
 
+@needs_llama
 @pytest.mark.slow
-def test_demo_llama_architecture_judged_by_llama_cpp(demo, tmp_path):
-    """The demo's SmolLM2 (Llama): llama.cpp tokenizes alike and continues greedily like transformers."""
-    if llama_python() is None:
-        pytest.skip("llama.cpp bindings not installed: run `make llama-venv`")
-    path = export_gguf("demo", tmp_path / "demo-f16.gguf", "f16").path
-    text = demo.tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
-    cases = [demo.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in ("What is the capital of France?", "Name three fruits.", "How do I borrow a book from a library?")]
-    ids = [demo.tokenizer(c).input_ids for c in cases]
-    got = run_llama({"model": str(path), "tokenize": [text, *PROMPTS], "greedy": [{"ids": i, "n": 24} for i in ids]})
-    assert got["tokens"] == [demo.tokenizer(t).input_ids for t in [text, *PROMPTS]]
-    model = hf_reference(demo.ref.path)
-    assert got["greedy"] == [hf_greedy(model, i, 24) for i in ids]
+def test_make_sft_demo_exported_to_f16_runs_in_llama_cpp_like_its_folder(tmp_path):
+    """`make sft-demo` for real (the demo's SmolLM2, a Llama, fully fine-tuned for 8 steps on the
+    sample data), then scripts/export_gguf.py to f16: llama.cpp tokenizes and continues greedily
+    like the fine-tuned folder (about a minute, most of it the training the user runs anyway)."""
+    from transformers import AutoTokenizer
+
+    out, path = tmp_path / "sft-demo", tmp_path / "sft-demo-f16.gguf"
+    # the Makefile's own command line, with the run folder moved into tmp
+    line = next(x for x in make_dry_run("sft-demo", f"ARGS=--output-dir {out}").splitlines() if "scripts/sft.py" in x)
+    trained = run_script("sft.py", *shlex.split(line.split("scripts/sft.py", 1)[1]), cwd=ROOT, timeout=900)
+    assert trained.returncode == 0, trained.stderr.decode()[-3000:]
+    assert json.loads((out / "run_summary.json").read_text())["global_step"] == 8
+    for checkpoint in out.glob("checkpoint-*"):  # weights + Adam state, not what is exported
+        shutil.rmtree(checkpoint)
+    done = run_script("export_gguf.py", str(out), "--out", str(path), "--quant", "f16")
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert_llama_cpp_runs_like_the_folder(path, out, tokenizer, chat_prompts(tokenizer) + PROMPTS[:1])
 
 
 @pytest.mark.parametrize("pre", [{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first"},

@@ -1,5 +1,6 @@
 """scripts/sft.py on the real Qwen2.5-Coder-0.5B-Instruct: two full steps and two LoRA steps, each
-saving a folder that transformers 4 and 5 read as one model (RoPE base 1e6, untied head kept)."""
+saving a folder that transformers 4 and 5 read as one model (RoPE base 1e6, untied head kept); the
+merged LoRA fine-tune exported to GGUF runs in llama.cpp as in transformers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from qwen_kit.model.portable import portability_problems
 from tests.conftest import QWEN, run_script, train_losses
+from tests.export.test_gguf import PROMPTS, assert_llama_cpp_runs_like_the_folder, chat_prompts, needs_llama
 from tests.model.test_portable import _assert_same_model, needs_tf4
 
 pytestmark = pytest.mark.qwen
@@ -61,14 +63,37 @@ def test_two_full_steps_save_a_folder_both_transformers_read_alike(qwen_dir, tmp
     _assert_same_model(out, rope_base=1e6)  # logits within 1e-4 under transformers 4.57 and 5
 
 
-def test_two_lora_steps_save_an_adapter_that_merges_into_a_portable_folder(qwen_dir, tmp_path):
-    out = tmp_path / "lora"
-    summary = _sft(tmp_path, out, "--finetune", "lora", "--lora-r", "8", "--learning-rate", "1e-3")
-    assert summary["trainable_params"] < summary["total_params"] / 50
-    adapter = json.loads((out / "adapter_config.json").read_text())
-    assert Path(adapter["base_model_name_or_path"]) == qwen_dir
-    res = run_script("merge_lora.py", str(out), "--out", str(tmp_path / "merged"), timeout=900)
+@pytest.fixture(scope="module")
+def lora_run(qwen_dir, tmp_path_factory):
+    """Two LoRA steps on Qwen2.5-Coder-0.5B merged by scripts/merge_lora.py: the fine-tune a student
+    exports. Shared by the tests below and freed after them (the merged fp32 folder is 2.5 GB)."""
+    root = tmp_path_factory.mktemp("qwen-lora")
+    summary = _sft(root, root / "lora", "--finetune", "lora", "--lora-r", "8", "--learning-rate", "1e-3")
+    res = run_script("merge_lora.py", str(root / "lora"), "--out", str(root / "merged"), timeout=900)
     assert res.returncode == 0, res.stderr.decode()[-3000:]
-    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    yield root, summary
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_lora_steps_save_an_adapter_that_merges_into_a_portable_folder(qwen_dir, lora_run):
+    root, summary = lora_run
+    assert summary["trainable_params"] < summary["total_params"] / 50
+    adapter = json.loads((root / "lora" / "adapter_config.json").read_text())
+    assert Path(adapter["base_model_name_or_path"]) == qwen_dir
+    config = json.loads((root / "merged" / "config.json").read_text())
     assert config["rope_theta"] == 1e6 and config["tie_word_embeddings"] is False
-    assert portability_problems(tmp_path / "merged") == []
+    assert portability_problems(root / "merged") == []
+
+
+@needs_llama
+def test_the_merged_fine_tune_exported_to_f16_runs_in_llama_cpp_like_its_folder(lora_run, tmp_path):
+    """scripts/export_gguf.py on the merged folder (1.2 GB of f16): llama.cpp tokenizes the fixed
+    bilingual ChatML text as Qwen's tokenizer does and continues English, Chinese and code prompts
+    greedily as transformers does on the folder."""
+    from transformers import AutoTokenizer
+
+    merged, path = lora_run[0] / "merged", tmp_path / "merged-f16.gguf"
+    done = run_script("export_gguf.py", str(merged), "--out", str(path), "--quant", "f16")
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    assert_llama_cpp_runs_like_the_folder(path, merged, tokenizer, chat_prompts(tokenizer) + PROMPTS[:1])
