@@ -247,7 +247,10 @@ def kit_trainer_class() -> Any:
     - a :class:`TokenMeter` fed with every batch actually trained on (real and computed
       tokens), whose figures join each training log line (TensorBoard, console, log history);
     - with ``kept_logits``, the training loss through :func:`loss_on_trained_positions`: the
-      same loss and gradients, the LM head run only where a token is trained on.
+      same loss and gradients, the LM head run only where a token is trained on;
+    - the eval loss as the mean over every scored token of the eval set. The stock loop averages
+      per-batch means weighted by batch size, so the same model scored with another
+      ``per_device_batch`` got another eval loss (rows of a short batch counted more per token).
     """
     from transformers import Trainer
 
@@ -267,6 +270,25 @@ def kit_trainer_class() -> Any:
                 ranks = self.accelerator.num_processes // (self.get_tp_size() if hasattr(self, "get_tp_size") else 1)
                 loss = loss * (ranks if self.args.n_gpu <= 1 else self.args.n_gpu)
             return loss
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            import torch
+
+            self._eval_sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # loss sum, tokens
+            out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+            total, count = self.accelerator.reduce(self._eval_sums, reduction="sum").tolist()
+            if count and f"{metric_key_prefix}_loss" in out.metrics:
+                out.metrics[f"{metric_key_prefix}_loss"] = total / count
+            return out
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+            if loss is not None and "labels" in inputs:  # the batch's mean over the tokens it scores
+                scored = int((inputs["labels"][:, 1:] != IGNORE).sum())
+                self._eval_sums[0] += float(loss) * scored
+                self._eval_sums[1] += scored
+            return loss, logits, labels
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -399,7 +421,10 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
               + (f", MFU {throughput['mfu']:.1%}" if throughput["mfu"] is not None else ""), file=sys.stderr)
     metrics = dict(result.metrics)
     if eval_ds is not None:
-        metrics.update(trainer.evaluate())
+        # an eval at the last step already scored this very model: reuse it rather than wait again
+        last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+        ended_on_eval = last is not None and last.get("step") == trainer.state.global_step
+        metrics.update({k: v for k, v in last.items() if k.startswith("eval_")} if ended_on_eval else trainer.evaluate())
         metrics["eval_reply_loss"] = metrics.get("eval_loss")
         if cfg.loss != "response":  # one metric every variant shares: loss on the reply tokens alone
             reply = _reply_labels(evaluation, cfg, tokenizer, platform, is_main)

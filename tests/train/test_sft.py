@@ -90,6 +90,27 @@ def test_batch_8_equals_batch_2_times_accumulation_4_on_the_first_step(tiny_qwen
     assert abs(la - lb) < 1e-5, (la, lb)
 
 
+# replies of 1 to 40 words: a mean per batch or per row would weigh the short replies' tokens up
+VARIED = [{"instruction": f"Count to {i}.", "input": "", "output": " ".join(str(k) for k in range(1, i + 1))}
+          for i in range(1, 41)]
+
+
+def test_eval_loss_is_the_mean_over_reply_tokens_whatever_the_eval_batch(tiny_qwen_dir, tmp_path):
+    data = tmp_path / "varied.json"
+    data.write_text(json.dumps(VARIED), encoding="utf-8")
+    # learning rate 0: the same model each time; 10 eval rows, so batch 10 is the plain token mean
+    losses = [run_sft(_cfg(tiny_qwen_dir, data, tmp_path / f"b{b}", per_device_batch=b, max_steps=1,
+                           learning_rate=0.0, eval_share=0.25, eval_steps=1000))["eval_loss"] for b in (1, 3, 10)]
+    assert max(losses) - min(losses) < 1e-5, losses
+
+
+def test_an_eval_on_the_last_step_is_not_run_again_at_the_end(tiny_qwen_dir, data_file, tmp_path):
+    summary = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "run", max_steps=2, eval_share=0.1, eval_steps=2))
+    evals = [h for h in summary["log_history"] if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [2]  # one point on the curve, one eval's time
+    assert summary["eval_loss"] == summary["eval_reply_loss"] == evals[0]["eval_loss"]
+
+
 def test_gradient_checkpointing_is_on_in_the_model_warns_nothing_and_trains_the_same(tiny_qwen_dir, data_file,
                                                                                        tmp_path, recwarn):
     from transformers import TrainerCallback
