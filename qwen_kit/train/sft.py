@@ -123,6 +123,11 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
         _check_lora(cfg, model)
         if qlora:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        # the adapter's random init comes from --seed, not from whatever ran before in this process
+        # (the Trainer seeds only later): sweep variants start alike, and the seed chooses the init
+        from transformers import set_seed
+
+        set_seed(cfg.seed)
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                                  target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
     if tokenizer.pad_token_id is None:

@@ -80,6 +80,20 @@ def test_lora_changes_only_lora_weights(tiny_qwen_dir, data_file, tmp_path):
             assert torch.equal(v, original[key]), f"base weight {key} changed"
 
 
+def test_the_seed_sets_the_lora_init_also_for_runs_in_one_process(tiny_qwen_dir, data_file, tmp_path):
+    # an experiment sweep trains its variants one after another in one process: each must start
+    # from the same adapter, and --seed must choose it (learning rate 0: the saved adapter is the init)
+    def init(name, seed):
+        run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / name, finetune="lora", lora_r=4, learning_rate=0.0,
+                     max_steps=1, seed=seed))
+        return load_file(tmp_path / name / "adapter_model.safetensors")
+
+    first, second, other = init("a", 42), init("b", 42), init("c", 7)
+    a_keys = [k for k in first if "lora_A" in k]
+    assert a_keys and all(torch.equal(first[k], second[k]) for k in first)
+    assert not any(torch.equal(first[k], other[k]) for k in a_keys)
+
+
 def test_batch_8_equals_batch_2_times_accumulation_4_on_the_first_step(tiny_qwen_dir, data_file, tmp_path):
     # packed bins drawn by the random sampler: both runs see the same 8 bins on step one
     a = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "b8", per_device_batch=8, grad_accum=1, max_steps=1,
