@@ -75,3 +75,24 @@ def test_the_batch_sweep_gives_every_variant_the_same_rows_and_nearly_the_same_l
     for key in ("final_train_loss", "eval_loss", "eval_reply_loss"):
         values = [float(r[key]) for r in rows]
         assert max(values) - min(values) < 1e-4, (key, values)
+
+
+def test_loss_curves_of_a_short_run_show_whole_steps_every_eval_point_and_a_legend_beside_them():
+    from qwen_kit.train.experiment import plot_loss_curves
+
+    def history(loss):  # two logged steps and one eval: what a CPU run of the sweeps logs
+        return [{"step": 1, "loss": loss}, {"step": 2, "loss": loss - 0.1}, {"step": 2, "eval_loss": loss - 0.2}]
+
+    fig = plot_loss_curves("batch", {"b1x8": history(2.0), "b2x4": history(2.0), "b8x1": history(2.0)})
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks  # no step 1.2, 1.4, ...
+    lines = ax.get_lines()
+    evals = [line for line in lines if "eval" in line.get_label()]
+    assert len(evals) == 3 and all(list(line.get_xdata()) == [2] for line in evals)
+    # variants that train alike draw the same curve: their markers still tell them apart
+    assert len({line.get_marker() for line in lines if "train" in line.get_label()}) == 3
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= axes.x1  # beside the plot, covering no curve
