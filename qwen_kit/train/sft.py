@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -320,12 +321,30 @@ def kit_trainer_class() -> Any:
     return KitTrainer
 
 
+def _reset_peak_memory() -> None:
+    """Start the peak-memory figure at this run: an experiment sweep trains its variants one
+    after another in one process, and each figure must be that variant's own."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak resident size (VmHWM)
+    except OSError:
+        pass
+
+
 def _peak_memory_mb() -> float:
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:  # Linux: the peak resident size since _reset_peak_memory
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    except (OSError, AttributeError):  # elsewhere: the process's peak, which no call resets
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
@@ -357,6 +376,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
         raise UserError(f"{out} already has checkpoints ({Path(last).name}); pass --resume to continue, "
                         "--overwrite to start over, or another --run-name")
 
+    _reset_peak_memory()
     model, tokenizer = build_model(cfg)
     packing, packing_why = resolve_packing(cfg, model)
     if is_main:
@@ -429,7 +449,8 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
         # an eval at the last step already scored this very model: reuse it rather than wait again
         last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
         ended_on_eval = last is not None and last.get("step") == trainer.state.global_step
-        metrics.update({k: v for k, v in last.items() if k.startswith("eval_")} if ended_on_eval else trainer.evaluate())
+        metrics.update({k: v for k, v in last.items() if k.startswith("eval_")} if ended_on_eval
+                       else trainer.evaluate())
         metrics["eval_reply_loss"] = metrics.get("eval_loss")
         if cfg.loss != "response":  # one metric every variant shares: loss on the reply tokens alone
             reply = _reply_labels(evaluation, cfg, tokenizer, platform, is_main)

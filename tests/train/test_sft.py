@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,20 @@ def test_the_seed_sets_the_lora_init_also_for_runs_in_one_process(tiny_qwen_dir,
     a_keys = [k for k in first if "lora_A" in k]
     assert a_keys and all(torch.equal(first[k], second[k]) for k in first)
     assert not any(torch.equal(first[k], other[k]) for k in a_keys)
+
+
+def test_peak_memory_is_the_runs_own_not_the_processs(tiny_qwen_dir, data_file, tmp_path):
+    # an experiment sweep trains its variants in one process: what an earlier job held must not
+    # show in a later run's figure
+    import numpy as np
+
+    def rss_mb() -> float:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+    big = np.ones(1_500_000_000 // 8)  # 1.5 GB resident, then freed
+    del big
+    summary = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "run", max_steps=1))
+    assert 0 < summary["peak_memory_mb"] < rss_mb() + 500, (summary["peak_memory_mb"], rss_mb())
 
 
 def test_batch_8_equals_batch_2_times_accumulation_4_on_the_first_step(tiny_qwen_dir, data_file, tmp_path):
