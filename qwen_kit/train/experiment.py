@@ -107,19 +107,7 @@ def write_report(root: Path, name: str, rows: list[dict], histories: dict[str, l
         fig.savefig(root / "benchmarks.png", dpi=120)
         plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for vname, hist in histories.items():
-        pts = [(h["step"], h["loss"]) for h in hist if "loss" in h]
-        ev = [(h["step"], h["eval_loss"]) for h in hist if "eval_loss" in h]
-        if pts:
-            line, = ax.plot(*zip(*pts), label=f"{vname} train")
-            if ev:  # each variant's own labels: compare variants on the reply-token bars instead
-                ax.plot(*zip(*ev), "o--", color=line.get_color(), label=f"{vname} eval (own labels)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"{name}: loss curves")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig = plot_loss_curves(name, histories)
     fig.savefig(root / "loss_curves.png", dpi=120)
     plt.close(fig)
 
@@ -134,3 +122,33 @@ def write_report(root: Path, name: str, rows: list[dict], histories: dict[str, l
     fig.tight_layout()
     fig.savefig(root / "final_eval_loss.png", dpi=120)
     plt.close(fig)
+
+
+def plot_loss_curves(name: str, histories: dict[str, list[dict]]) -> Any:
+    """The training loss of every logged step and the eval points, one colour per variant.
+
+    Short runs are the common case (a few steps on a CPU): every point gets a marker and the
+    step axis whole numbers; variants that train alike overlap, so each has its own marker
+    and line style; the legend sits outside the axes, where it hides no curve."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    markers, styles = "osD^vP*X", ["-", "--", "-.", ":"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, (vname, hist) in enumerate(histories.items()):
+        pts = [(h["step"], h["loss"]) for h in hist if "loss" in h]
+        ev = [(h["step"], h["eval_loss"]) for h in hist if "eval_loss" in h]
+        if pts:
+            line, = ax.plot(*zip(*pts), marker=markers[i % len(markers)], markersize=4,
+                            linestyle=styles[i % len(styles)], label=f"{vname} train")
+            if ev:  # each variant's own labels: compare variants on the reply-token bars instead
+                ax.plot(*zip(*ev), marker=markers[i % len(markers)], markersize=9, linestyle=":",
+                        markerfacecolor="none", markeredgewidth=1.5, color=line.get_color(),
+                        label=f"{vname} eval (own labels)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{name}: loss curves")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    return fig

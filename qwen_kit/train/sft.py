@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -123,6 +124,11 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
         _check_lora(cfg, model)
         if qlora:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        # the adapter's random init comes from --seed, not from whatever ran before in this process
+        # (the Trainer seeds only later): sweep variants start alike, and the seed chooses the init
+        from transformers import set_seed
+
+        set_seed(cfg.seed)
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                                  target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
     if tokenizer.pad_token_id is None:
@@ -247,7 +253,10 @@ def kit_trainer_class() -> Any:
     - a :class:`TokenMeter` fed with every batch actually trained on (real and computed
       tokens), whose figures join each training log line (TensorBoard, console, log history);
     - with ``kept_logits``, the training loss through :func:`loss_on_trained_positions`: the
-      same loss and gradients, the LM head run only where a token is trained on.
+      same loss and gradients, the LM head run only where a token is trained on;
+    - the eval loss as the mean over every scored token of the eval set. The stock loop averages
+      per-batch means weighted by batch size, so the same model scored with another
+      ``per_device_batch`` got another eval loss (rows of a short batch counted more per token).
     """
     from transformers import Trainer
 
@@ -267,6 +276,25 @@ def kit_trainer_class() -> Any:
                 ranks = self.accelerator.num_processes // (self.get_tp_size() if hasattr(self, "get_tp_size") else 1)
                 loss = loss * (ranks if self.args.n_gpu <= 1 else self.args.n_gpu)
             return loss
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            import torch
+
+            self._eval_sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # loss sum, tokens
+            out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+            total, count = self.accelerator.reduce(self._eval_sums, reduction="sum").tolist()
+            if count and f"{metric_key_prefix}_loss" in out.metrics:
+                out.metrics[f"{metric_key_prefix}_loss"] = total / count
+            return out
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+            if loss is not None and "labels" in inputs:  # the batch's mean over the tokens it scores
+                scored = int((inputs["labels"][:, 1:] != IGNORE).sum())
+                self._eval_sums[0] += float(loss) * scored
+                self._eval_sums[1] += scored
+            return loss, logits, labels
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -293,12 +321,30 @@ def kit_trainer_class() -> Any:
     return KitTrainer
 
 
+def _reset_peak_memory() -> None:
+    """Start the peak-memory figure at this run: an experiment sweep trains its variants one
+    after another in one process, and each figure must be that variant's own."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak resident size (VmHWM)
+    except OSError:
+        pass
+
+
 def _peak_memory_mb() -> float:
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:  # Linux: the peak resident size since _reset_peak_memory
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    except (OSError, AttributeError):  # elsewhere: the process's peak, which no call resets
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
@@ -330,6 +376,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
         raise UserError(f"{out} already has checkpoints ({Path(last).name}); pass --resume to continue, "
                         "--overwrite to start over, or another --run-name")
 
+    _reset_peak_memory()
     model, tokenizer = build_model(cfg)
     packing, packing_why = resolve_packing(cfg, model)
     if is_main:
@@ -399,7 +446,11 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
               + (f", MFU {throughput['mfu']:.1%}" if throughput["mfu"] is not None else ""), file=sys.stderr)
     metrics = dict(result.metrics)
     if eval_ds is not None:
-        metrics.update(trainer.evaluate())
+        # an eval at the last step already scored this very model: reuse it rather than wait again
+        last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+        ended_on_eval = last is not None and last.get("step") == trainer.state.global_step
+        metrics.update({k: v for k, v in last.items() if k.startswith("eval_")} if ended_on_eval
+                       else trainer.evaluate())
         metrics["eval_reply_loss"] = metrics.get("eval_loss")
         if cfg.loss != "response":  # one metric every variant shares: loss on the reply tokens alone
             reply = _reply_labels(evaluation, cfg, tokenizer, platform, is_main)

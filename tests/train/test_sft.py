@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,34 @@ def test_lora_changes_only_lora_weights(tiny_qwen_dir, data_file, tmp_path):
             assert torch.equal(v, original[key]), f"base weight {key} changed"
 
 
+def test_the_seed_sets_the_lora_init_also_for_runs_in_one_process(tiny_qwen_dir, data_file, tmp_path):
+    # an experiment sweep trains its variants one after another in one process: each must start
+    # from the same adapter, and --seed must choose it (learning rate 0: the saved adapter is the init)
+    def init(name, seed):
+        run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / name, finetune="lora", lora_r=4, learning_rate=0.0,
+                     max_steps=1, seed=seed))
+        return load_file(tmp_path / name / "adapter_model.safetensors")
+
+    first, second, other = init("a", 42), init("b", 42), init("c", 7)
+    a_keys = [k for k in first if "lora_A" in k]
+    assert a_keys and all(torch.equal(first[k], second[k]) for k in first)
+    assert not any(torch.equal(first[k], other[k]) for k in a_keys)
+
+
+def test_peak_memory_is_the_runs_own_not_the_processs(tiny_qwen_dir, data_file, tmp_path):
+    # an experiment sweep trains its variants in one process: what an earlier job held must not
+    # show in a later run's figure
+    import numpy as np
+
+    def rss_mb() -> float:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+    big = np.ones(1_500_000_000 // 8)  # 1.5 GB resident, then freed
+    del big
+    summary = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "run", max_steps=1))
+    assert 0 < summary["peak_memory_mb"] < rss_mb() + 500, (summary["peak_memory_mb"], rss_mb())
+
+
 def test_batch_8_equals_batch_2_times_accumulation_4_on_the_first_step(tiny_qwen_dir, data_file, tmp_path):
     # packed bins drawn by the random sampler: both runs see the same 8 bins on step one
     a = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "b8", per_device_batch=8, grad_accum=1, max_steps=1,
@@ -88,6 +117,27 @@ def test_batch_8_equals_batch_2_times_accumulation_4_on_the_first_step(tiny_qwen
                      packing=True))
     la, lb = a["log_history"][0]["loss"], b["log_history"][0]["loss"]
     assert abs(la - lb) < 1e-5, (la, lb)
+
+
+# replies of 1 to 40 words: a mean per batch or per row would weigh the short replies' tokens up
+VARIED = [{"instruction": f"Count to {i}.", "input": "", "output": " ".join(str(k) for k in range(1, i + 1))}
+          for i in range(1, 41)]
+
+
+def test_eval_loss_is_the_mean_over_reply_tokens_whatever_the_eval_batch(tiny_qwen_dir, tmp_path):
+    data = tmp_path / "varied.json"
+    data.write_text(json.dumps(VARIED), encoding="utf-8")
+    # learning rate 0: the same model each time; 10 eval rows, so batch 10 is the plain token mean
+    losses = [run_sft(_cfg(tiny_qwen_dir, data, tmp_path / f"b{b}", per_device_batch=b, max_steps=1,
+                           learning_rate=0.0, eval_share=0.25, eval_steps=1000))["eval_loss"] for b in (1, 3, 10)]
+    assert max(losses) - min(losses) < 1e-5, losses
+
+
+def test_an_eval_on_the_last_step_is_not_run_again_at_the_end(tiny_qwen_dir, data_file, tmp_path):
+    summary = run_sft(_cfg(tiny_qwen_dir, data_file, tmp_path / "run", max_steps=2, eval_share=0.1, eval_steps=2))
+    evals = [h for h in summary["log_history"] if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [2]  # one point on the curve, one eval's time
+    assert summary["eval_loss"] == summary["eval_reply_loss"] == evals[0]["eval_loss"]
 
 
 def test_gradient_checkpointing_is_on_in_the_model_warns_nothing_and_trains_the_same(tiny_qwen_dir, data_file,
