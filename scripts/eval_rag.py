@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--kb-layout", choices=KB_LAYOUTS, help="real path: the chat's --kb-layout (default: the chat's default)")
     p.add_argument("--kb-min-ratio", type=float, help="real path: the chat's --kb-min-ratio")
+    p.add_argument("--context-in", choices=["user", "system"], help="real path: the chat's --context-in")
     p.add_argument("--chat-top-k", type=int, help="real path: the chat's --top-k (default: the chat's default)")
     p.add_argument("--out", default="output/rag_eval")
     a = p.parse_args()
@@ -55,6 +56,7 @@ def main() -> None:
             from qwen_kit.model import load_model
 
             changes = {k: v for k, v in (("kb_layout", a.kb_layout), ("kb_min_ratio", a.kb_min_ratio),
+                                          ("context_in", a.context_in),
                                           ("top_k", a.chat_top_k), ("fusion", a.fusion),
                                           ("fusion_weight", a.fusion_weight)) if v is not None}
             cfg = real_path_config(a, a.model or "demo", **changes)

@@ -55,27 +55,6 @@ def tiny(tiny_qwen_dir):
 QWEN_FIXTURES = {"qwen_dir", "qwen_tokenizer"}
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = (yield).get_result()
-    if report.when == "call":
-        item.qwen_kit_passed = report.passed
-
-
-@pytest.fixture(autouse=True)
-def _free_big_outputs(request):
-    """A real-Qwen test writes GB-sized folders (a full fine-tune, a merge, an f16 GGUF); once it
-    has passed they are freed at once rather than at the end of the run, so the suite's peak disk
-    use is one such test's, not their sum. A failed test's folder is kept to look at."""
-    big = "qwen" in request.keywords and "tmp_path" in request.fixturenames
-    folder = request.getfixturevalue("tmp_path") if big else None  # set up first, so torn down after this
-    yield
-    if folder is not None and getattr(request.node, "qwen_kit_passed", False):
-        import shutil
-
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def qwen_dir() -> Path:
     """The offline Qwen2.5-Coder-0.5B-Instruct folder. Skips when it is not cached, unless

@@ -103,6 +103,7 @@ def run_eval(cfg: EvalConfig) -> Path:
     """Score ``cfg.datasets`` with ``cfg.model``; write ``summary.csv``, ``summary.md``,
     ``predictions/<dataset>.jsonl`` and ``run.json`` under ``cfg.out/<name>``."""
     from qwen_kit.model import LoadOptions, load_model
+    from qwen_kit.model.load import pick_device
 
     if cfg.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
@@ -110,8 +111,12 @@ def run_eval(cfg: EvalConfig) -> Path:
 
     check_datasets(cfg.datasets)  # before minutes of model loading
     dtype = cfg.dtype
-    if dtype == "auto" and not cfg.load_in_4bit:  # OpenCompass's numbers need OpenCompass's dtype
+    if dtype == "auto" and not cfg.load_in_4bit and pick_device(cfg.device)[0] == "cpu":
+        # on a CPU, OpenCompass's numbers need OpenCompass's dtype (the folder's own); on a GPU the
+        # kit's choice stands (fp16 on a T4, which has no bf16; no fp32 doubling the memory), and
+        # scores move in the third decimal at most
         dtype = opencompass_dtype(resolve_model(cfg.model).path)
+        print(f"scoring in {dtype}, the dtype {cfg.model} declares (as OpenCompass loads it)", file=sys.stderr)
     loaded = load_model(cfg.model, LoadOptions(cfg.adapter, cfg.load_in_4bit, dtype, cfg.device))
     items = collect_items(cfg.datasets, loaded.tokenizer, cfg.data_root, cfg.max_len, cfg.limit)
     started = time.perf_counter()

@@ -75,7 +75,7 @@ def main() -> None:
             start = time.perf_counter()
             greedy(b["ids"], b["n"], clock)
             end = time.perf_counter()
-            rows.append({"first_token_s": clock[0] - start, "decode_tokens_per_s": (len(clock) - 1) / (clock[-1] - clock[0]),
+            rows.append({"first_token_s": clock[0] - start, "decode_tokens_per_s": (len(clock) - 1) / max(clock[-1] - clock[0], 1e-9),
                          "end_s": end - start})
         out["bench"] = rows
     json.dump(out, sys.stdout)

@@ -41,8 +41,12 @@ def run_llama(request: dict[str, Any], timeout: int = 600) -> dict[str, Any]:
     if python is None:
         raise UserError(f"llama.cpp's Python bindings are not installed; run `make llama-venv` "
                         f"(or set {VENV_ENV} to a venv with llama-cpp-python)")
-    done = subprocess.run([str(python), str(PROBE)], input=json.dumps(request), capture_output=True, text=True,
-                          timeout=timeout)
+    try:
+        done = subprocess.run([str(python), str(PROBE)], input=json.dumps(request), capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"llama.cpp did not finish with {request.get('model')} within {timeout} s; "
+                        "a larger file needs a longer timeout or fewer tokens") from None
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise UserError(f"llama.cpp could not run {request.get('model')}: {last}")

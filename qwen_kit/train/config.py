@@ -40,7 +40,9 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     eval_share: float = _opt(0.01, "share of rows held out for eval loss (0: none)")
     eval_steps: int = _opt(200, "evaluate every N steps")
-    save_steps: int = _opt(500, "checkpoint every N steps")
+    save_steps: int = _opt(500, "checkpoint every N steps (0: none, not even at the end: only the final model is "
+                                "saved, so --resume cannot continue the run; a full 0.5B checkpoint with its "
+                                "optimizer is 7 GB)")
     bench: str | None = _opt(None, "benchmarks scored during training, comma-separated: OpenCompass config names "
                                    "(ARC_e_ppl, ...) or custom MCQ files (docs/evaluation.md)")
     bench_steps: int = _opt(200, "score the benchmarks every N steps (and at the end)")

@@ -49,6 +49,18 @@ def run_name(cfg: TrainConfig) -> str:
     return f"{short}-{cfg.finetune}-{cfg.loss}"
 
 
+def name_base_model(out: Path, model: str) -> None:
+    """Record the base model in a saved LoRA adapter by the name the run was given when that name
+    is not a folder here (``qwen-coder-0.5b``, ``demo``, a hub id): PEFT records the folder the
+    name resolved to on this machine, which an adapter copied to another machine cannot find."""
+    config = out / "adapter_config.json"
+    if not config.is_file() or Path(model).expanduser().exists():
+        return
+    data = json.loads(config.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = model
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def latest_complete_checkpoint(out: Path) -> str | None:
     """The newest ``checkpoint-N`` that was written completely. A run killed while saving
     leaves a folder without ``trainer_state.json`` (the Trainer writes it last); skip those."""
@@ -393,7 +405,8 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
         per_device_eval_batch_size=cfg.per_device_batch, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
-        logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        save_strategy="steps" if cfg.save_steps > 0 else "no", save_steps=max(cfg.save_steps, 1),
         save_total_limit=cfg.save_total_limit, eval_strategy="steps" if cfg.eval_share > 0 else "no",
         eval_steps=cfg.eval_steps, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
         **{_checkpointing_field(TrainingArguments): cfg.gradient_checkpointing}, remove_unused_columns=False,
@@ -470,6 +483,7 @@ def run_sft(cfg: TrainConfig, extra_callbacks: list | None = None) -> dict[str, 
                "data": data.stats, "log_history": trainer.state.log_history, "config": asdict(cfg)}
     trainer.save_model(str(out))  # rank 0 only; LoRA runs save the adapter in PEFT format
     if is_main:
+        name_base_model(out, cfg.model)
         save_tokenizer(tokenizer, out)
         make_folder_portable(out, end_ids=reply_end_ids(model, tokenizer))
         save_config(cfg, out / "qwen_kit_config.yaml")

@@ -1,12 +1,12 @@
-"""The API server and the web page on the real Qwen2.5-Coder-0.5B-Instruct, started as a user
-starts them (scripts/serve.py and scripts/webui.py in subprocesses) and asked through the
-official openai client and gradio's own client: English and Chinese, the knowledge base with its
-sources, the persona, and a long-term memory that one key sees and another does not."""
+"""The API server on the real Qwen2.5-Coder-0.5B-Instruct, started as a user starts it
+(scripts/serve.py in a subprocess) and asked through the official openai client: English and
+Chinese, the knowledge base with its source, the persona, and a long-term memory that one key
+sees and another does not."""
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +19,10 @@ from tests.serve.test_server import free_port
 pytestmark = pytest.mark.qwen
 
 KEYS = {"alice": "alice-key-0123", "bob": "bob-key-4567"}
+# data/knowledge/library.md: "Students may borrow up to twelve books at a time." (the model has no
+# way to know the number but the source; "28 days" and "twice" are its neighbours there)
+BOOKS = "How many books can a student borrow at once?"
+TWELVE = re.compile(r"\btwelve\b|\b12\b|十二", re.I)
 
 
 @pytest.fixture(scope="module")
@@ -31,25 +35,32 @@ def api(qwen_dir, tmp_path_factory):
     keys.chmod(0o600)
     memory = folder / "chat_history.txt"
     port = free_port()
-    log = (folder / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/serve.py"), "--model", QWEN, "--kb", "data/knowledge",
-                             "--personas", "data/personas", "--memory", "--memory-file", str(memory),
-                             "--api-key-file", str(keys), "--port", str(port), "--max-new-tokens", "24"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while True:
-        assert proc.poll() is None, (folder / "server.log").read_text(errors="replace")[-3000:]
+    with (folder / "server.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/serve.py"), "--model", QWEN, "--kb", "data/knowledge",
+                                 "--personas", "data/personas", "--memory", "--memory-file", str(memory),
+                                 "--api-key-file", str(keys), "--port", str(port), "--max-new-tokens", "40"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 600
+        while True:
+            assert proc.poll() is None, (folder / "server.log").read_text(errors="replace")[-3000:]
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "serve.py did not answer within 10 minutes"
+            time.sleep(0.5)
+        yield {"url": url + "/v1", "memory": memory, "log": folder / "server.log"}
+    finally:  # whatever failed above: no server (2.5 GB) left running for the rest of the suite
+        proc.terminate()
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.time() < deadline, "serve.py did not answer within 10 minutes"
-        time.sleep(0.5)
-    yield {"url": url + "/v1", "memory": memory, "log": folder / "server.log"}
-    proc.terminate()
-    proc.wait(timeout=30)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def client(api, who="alice"):
@@ -70,8 +81,8 @@ def test_plain_and_streamed_answers_in_english_and_chinese(api):
 
 
 def test_the_knowledge_base_answers_with_its_source(api):
-    r = ask(api, "When does Linden Hall Library close on Fridays?", model="kb:knowledge")
-    assert "10" in r.choices[0].message.content
+    r = ask(api, BOOKS, model="kb:knowledge")
+    assert TWELVE.search(r.choices[0].message.content), r.choices[0].message.content
     assert r.model_extra["qwen_kit"]["sources"][0]["file"].endswith("library.md")
 
 
@@ -89,24 +100,3 @@ def test_a_remembered_fact_comes_back_to_its_key_only(api):
     # a new conversation: the fact is not in the messages sent, only in alice's long-term memory
     assert "4417" in ask(api, "What is my locker number?").choices[0].message.content
     assert "4417" not in ask(api, "What is my locker number?", who="bob").choices[0].message.content
-
-
-def test_the_web_page_answers_from_the_knowledge_base(qwen_dir, tmp_path):
-    from gradio_client import Client
-
-    from tests.webui.conftest import start_server, stop_server
-
-    proc, url = start_server(["--model", QWEN, "--kb", "data/knowledge", "--memory-file", str(tmp_path / "mem.txt"),
-                              "--max-new-tokens", "24"], tmp_path / "webui.log", timeout=600)
-    try:
-        page = Client(url, verbose=False)
-        page.predict("When does Linden Hall Library close on Fridays?", "(none)", "knowledge", False, True,
-                     0.7, 0.8, 20, 1.05, 24, api_name="/send")
-        exported = page.predict("(none)", "knowledge", False, api_name="/on_export")
-
-        path = exported["value"] if isinstance(exported, dict) else exported
-        with open(path, encoding="utf-8") as f:
-            rounds = json.load(f)["rounds"]
-    finally:
-        stop_server(proc)
-    assert "10" in rounds[0]["assistant"], rounds

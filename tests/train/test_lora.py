@@ -98,3 +98,24 @@ def test_merging_into_an_existing_model_folder_is_refused(tiny_qwen_dir, tmp_pat
     (tmp_path / "a").mkdir()
     res = run_script("merge_lora.py", str(tmp_path / "a"), "--out", str(tiny_qwen_dir))
     assert res.returncode == 2 and b"already holds a model" in res.stderr
+
+
+def test_an_adapter_names_its_base_as_the_run_was_told(tmp_path):
+    """A LoRA run on `qwen-coder-0.5b` or a hub id records that name, not the cache folder it
+    resolved to here: copied to another machine (Kaggle → laptop), the adapter still finds its
+    base. A run given a folder keeps the folder PEFT wrote."""
+    import json
+
+    from qwen_kit.train.sft import name_base_model
+
+    for given, expected in [("qwen-coder-0.5b", "qwen-coder-0.5b"), ("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"),
+                            (str(tmp_path), str(tmp_path / "cache/base"))]:
+        out = tmp_path / f"run-{abs(hash(given))}"
+        out.mkdir()
+        (out / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "cache/base"),
+                                                             "r": 8}), encoding="utf-8")
+        name_base_model(out, given)
+        saved = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
+        assert saved == {"base_model_name_or_path": expected, "r": 8}
+    name_base_model(tmp_path / "full-run", "qwen-coder-0.5b")  # a full fine-tune has no adapter: nothing written
+    assert not (tmp_path / "full-run").exists()

@@ -28,15 +28,14 @@ def _sft(tmp_path: Path, out: Path, *flags: str) -> dict:
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(ROWS, ensure_ascii=False), encoding="utf-8")
     res = run_script("sft.py", "--model", QWEN, "--data", str(data), "--output-dir", str(out), "--max-len", "64",
-                     "--per-device-batch", "1", "--max-steps", "2", "--eval-share", "0", "--save-steps", "1000",
+                     "--per-device-batch", "1", "--max-steps", "2", "--eval-share", "0", "--save-steps", "0",
                      "--logging-steps", "1", "--warmup-ratio", "0", *flags,
                      timeout=1200)
     assert res.returncode == 0, res.stderr.decode()[-3000:]
     summary = json.loads((out / "run_summary.json").read_text(encoding="utf-8"))
     losses = train_losses(summary)
     assert summary["global_step"] == 2 and len(losses) == 2 and all(math.isfinite(x) for x in losses)
-    for checkpoint in out.glob("checkpoint-*"):  # weights + Adam state: 7 GB for full 0.5B; not what is tested
-        shutil.rmtree(checkpoint)
+    assert not list(out.glob("checkpoint-*"))  # --save-steps 0: no 7 GB checkpoint (weights + Adam state)
     return summary
 
 
@@ -79,7 +78,8 @@ def test_two_lora_steps_save_an_adapter_that_merges_into_a_portable_folder(qwen_
     root, summary = lora_run
     assert summary["trainable_params"] < summary["total_params"] / 50
     adapter = json.loads((root / "lora" / "adapter_config.json").read_text())
-    assert Path(adapter["base_model_name_or_path"]) == qwen_dir
+    # the name the run was given, not this machine's cache folder: the adapter works where it is copied
+    assert adapter["base_model_name_or_path"] == QWEN
     config = json.loads((root / "merged" / "config.json").read_text())
     assert config["rope_theta"] == 1e6 and config["tie_word_embeddings"] is False
     assert portability_problems(root / "merged") == []
