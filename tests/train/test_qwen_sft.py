@@ -97,3 +97,17 @@ def test_the_merged_fine_tune_exported_to_f16_runs_in_llama_cpp_like_its_folder(
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     tokenizer = AutoTokenizer.from_pretrained(merged)
     assert_llama_cpp_runs_like_the_folder(path, merged, tokenizer, chat_prompts(tokenizer) + PROMPTS[:1])
+
+
+def test_two_qlora_steps_train_an_adapter_the_chat_loads_by_its_base_name(qwen_dir, tmp_path):
+    """QLoRA (an nf4 base through bitsandbytes, which runs on the CPU too) trains two finite steps,
+    the adapter names its base `qwen-coder-0.5b`, and chat.py given only the adapter folder finds
+    that base and answers."""
+    out = tmp_path / "qlora"
+    summary = _sft(tmp_path, out, "--finetune", "qlora", "--lora-r", "8", "--learning-rate", "1e-3")
+    assert summary["trainable_params"] < summary["total_params"] / 50
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == QWEN
+    res = run_script("chat.py", "--model", str(out), "--greedy", "--jsonl", "--max-new-tokens", "16",
+                     input="What is the capital of France?\n", timeout=600)
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    assert "Paris" in json.loads(res.stdout.decode().splitlines()[0])["assistant"]
