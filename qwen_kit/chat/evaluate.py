@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,15 @@ def _strings(row: dict[str, Any], key: str, required: bool) -> str | None:
 def _contains(text: str, options: list[str]) -> bool:
     low = text.casefold()
     return any(o.casefold() in low for o in options)
+
+
+CITATION = re.compile(r"\[\d+\]")
+
+
+def answered(answer: str, options: list[str]) -> bool:
+    """Whether a knowledge-base answer says one of ``options``, its citation marks left out: a
+    reply made only of source numbers ("[1] [2] … [12]") does not answer "12"."""
+    return _contains(CITATION.sub(" ", answer), options)
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -248,7 +258,7 @@ def real_path_rag(cfg: Any, loaded: Any, knowledge: Any, qa: list[dict[str, Any]
         answer = turn.run()
         files = [s["file"] for s in turn.extras.get("sources", [])]
         gold = item["doc"] in files
-        result.add(_lang(item["question"]), _contains(answer, item["answers"]), gold,
+        result.add(_lang(item["question"]), answered(answer, item["answers"]), gold,
                    {"question": item["question"], "answer": answer, "sources": files, "gold": item["doc"]})
     return result
 

@@ -61,3 +61,14 @@ def test_persona_real_path_asks_every_probe_in_one_conversation(tiny):
     assert result.asked == 4 and [d["user"] for d in result.details] == [p["user"] for p in probes]
     assert [d["found"] for d in result.details] == [True, False, True, False]
     assert result.found == 2 and result.row("fact in the prompt")["fact in the prompt"] == 0.5
+
+
+def test_a_reply_of_source_numbers_does_not_answer_a_number():
+    """Seen on the real Qwen Coder model: "How many books…?" answered "[1] [2] … [12]" was scored
+    right because "12" is in "[12]". Citation marks are not an answer; an answer that cites is."""
+    from qwen_kit.chat.evaluate import answered
+
+    numbers_only = " ".join(f"[{i}]" for i in range(1, 13))
+    assert not answered(numbers_only, ["twelve", "12"])
+    assert answered("Students may borrow up to 12 books at a time [1].", ["twelve", "12"])
+    assert answered("最多可借十二本书[2]。", ["十二", "12"])
