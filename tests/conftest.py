@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,13 @@ def tiny(tiny_qwen_dir):
 
 
 QWEN_FIXTURES = {"qwen_dir", "qwen_tokenizer"}
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (servers under test bind it next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

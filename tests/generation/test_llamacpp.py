@@ -235,7 +235,7 @@ def test_serve_py_streams_concurrent_replies_each_as_alone(gguf_file, llama, tin
 
     from qwen_kit.chat.prompt import render_prompt
     from tests.conftest import ROOT
-    from tests.serve.test_server import free_port
+    from tests.conftest import free_port
 
     port = free_port()
     log = tmp_path / "server.log"

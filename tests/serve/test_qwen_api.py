@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.conftest import QWEN, ROOT
-from tests.serve.test_server import free_port
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.qwen
 

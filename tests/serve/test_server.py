@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,15 +19,10 @@ import httpx
 import pytest
 
 from qwen_kit.chat.prompt import Round
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY, ALICE_KEY = "test-key-0123", "alice-key-4567"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Running:

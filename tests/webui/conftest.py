@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 ARTIFACTS = ROOT / "test-artifacts" / "webui"
 USER, PASSWORD = "tester", "s3cret-pass"
@@ -24,12 +23,6 @@ SEEDED = [  # long-term memories the server starts with (the memory file's own f
     {"id": "0f9e8d7c6b5a", "time": "2026-11-21 09:30:00", "session": "seed", "user": f"web:{USER}",
      "user_text": "I was born in Chengdu.", "reply": "Chengdu, the home of pandas!"},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def browser_paths() -> tuple[str, str] | None:
