@@ -63,6 +63,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_serve(args: list[str], log: Path, timeout: float = 240, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """scripts/serve.py with ``args`` on a free loopback port, as a user starts it; returns the
+    process and its base URL once /health answers. A server that exits or does not answer in
+    ``timeout`` seconds fails the caller with its log, and is never left running."""
+    import time
+
+    import httpx
+
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/serve.py"), *args, "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + timeout
+    try:
+        while True:
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.time() < deadline, f"serve.py did not answer within {timeout:.0f} s"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+    except BaseException:
+        stop_process(proc)
+        raise
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Ask a server to stop; kill it when it has not within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
 def qwen_dir() -> Path:
     """The offline Qwen2.5-Coder-0.5B-Instruct folder. Skips when it is not cached, unless

@@ -224,39 +224,21 @@ def test_make_llama_backend_installs_the_pinned_bindings_into_the_kits_venv():
 def test_serve_py_streams_concurrent_replies_each_as_alone(gguf_file, llama, tiny, tmp_path):
     """The API server over llama.cpp (a real serve.py, the official client): three requests at
     once, one llama.cpp context; each streamed reply is the one the backend gives alone."""
-    import os
-    import subprocess
-    import sys
-    import time
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
     from openai import OpenAI
 
     from qwen_kit.chat.prompt import render_prompt
-    from tests.conftest import ROOT
-    from tests.conftest import free_port
+    from tests.conftest import start_serve, stop_process
 
-    port = free_port()
-    log = tmp_path / "server.log"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/serve.py"), "--backend", "llamacpp", "--model",
-                             str(gguf_file), "--threads", "1", "--port", str(port), "--max-context", "512", "--max-new-tokens", "64",
-                             "--memory-file", str(tmp_path / "chat_history.txt")],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "QWEN_KIT_CACHE": str(tmp_path / "cache")})
+    proc, url = start_serve(["--backend", "llamacpp", "--model", str(gguf_file), "--threads", "1", "--max-context",
+                             "512", "--max-new-tokens", "64", "--memory-file", str(tmp_path / "chat_history.txt")],
+                            tmp_path / "server.log", timeout=120, env={"QWEN_KIT_CACHE": str(tmp_path / "cache")})
     try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.time() < deadline, "serve.py did not start"
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        health = httpx.get(f"{url}/health", timeout=2)
         assert health.json()["backend"] == "llamacpp"
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         model = client.models.list().data[0].id
 
         def ask(messages):
@@ -270,8 +252,7 @@ def test_serve_py_streams_concurrent_replies_each_as_alone(gguf_file, llama, tin
         with ThreadPoolExecutor(3) as pool:
             got = list(pool.map(ask, CHATS))
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc)
     settings = GenerationSettings(max_new_tokens=12, greedy=True)
     want = ["".join(reply(llama, render_prompt(tiny.tokenizer, m), settings)[0]) for m in CHATS]
     assert got == want and all(got)

@@ -5,16 +5,12 @@ sees and another does not."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import QWEN, ROOT
-from tests.conftest import free_port
+from tests.conftest import QWEN, start_serve, stop_process
 
 pytestmark = pytest.mark.qwen
 
@@ -27,40 +23,18 @@ TWELVE = re.compile(r"\btwelve\b|\b12\b|十二", re.I)
 
 @pytest.fixture(scope="module")
 def api(qwen_dir, tmp_path_factory):
-    import httpx
-
     folder = tmp_path_factory.mktemp("qwen-api")
     keys = folder / "keys.txt"
     keys.write_text("".join(f"{name}:{key}\n" for name, key in KEYS.items()), encoding="utf-8")
     keys.chmod(0o600)
     memory = folder / "chat_history.txt"
-    port = free_port()
-    with (folder / "server.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/serve.py"), "--model", QWEN, "--kb", "data/knowledge",
-                                 "--personas", "data/personas", "--memory", "--memory-file", str(memory),
-                                 "--api-key-file", str(keys), "--port", str(port), "--max-new-tokens", "40"],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc, url = start_serve(["--model", QWEN, "--kb", "data/knowledge", "--personas", "data/personas", "--memory",
+                             "--memory-file", str(memory), "--api-key-file", str(keys), "--max-new-tokens", "40"],
+                            folder / "server.log", timeout=600)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 600
-        while True:
-            assert proc.poll() is None, (folder / "server.log").read_text(errors="replace")[-3000:]
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "serve.py did not answer within 10 minutes"
-            time.sleep(0.5)
         yield {"url": url + "/v1", "memory": memory, "log": folder / "server.log"}
-    finally:  # whatever failed above: no server (2.5 GB) left running for the rest of the suite
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    finally:  # no server (2.5 GB) left running for the rest of the suite
+        stop_process(proc)
 
 
 def client(api, who="alice"):

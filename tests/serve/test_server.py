@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from qwen_kit.chat.prompt import Round
-from tests.conftest import free_port
+from tests.conftest import free_port, start_serve, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY, ALICE_KEY = "test-key-0123", "alice-key-4567"
@@ -569,31 +569,9 @@ def test_null_and_neutral_fields_are_accepted_and_usage_is_null_until_the_last_c
 
 # -- the door: the real server in a subprocess --------------------------------------------------
 def _serve(tiny_qwen_dir, folder, *args, env=None):
-    port = free_port()
-    log = folder / "server.log"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts/serve.py"), "--model", str(tiny_qwen_dir),
-                             "--port", str(port), "--memory-file", str(folder / "chat_history.txt"),
-                             "--max-new-tokens", "8", "--max-context", "1024", "--greedy", *args],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while True:
-        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-        assert time.time() < deadline, "serve.py did not start"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-
-
-def _stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return start_serve(["--model", str(tiny_qwen_dir), "--memory-file", str(folder / "chat_history.txt"),
+                        "--max-new-tokens", "8", "--max-context", "1024", "--greedy", *args], folder / "server.log",
+                       env=env)
 
 
 @pytest.fixture(scope="module")
@@ -602,7 +580,7 @@ def open_server(tiny_qwen_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("open-server")
     proc, url = _serve(tiny_qwen_dir, folder, "--allowed-origins", "http://127.0.0.1:3000")
     yield {"url": url, "folder": folder, "proc": proc}
-    _stop(proc)
+    stop_process(proc)
 
 
 CHAT = {"model": "default", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
@@ -664,7 +642,7 @@ def keyed_server(tiny_qwen_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("keyed-server")
     proc, url = _serve(tiny_qwen_dir, folder, "--memory", env={"QWEN_KIT_API_KEYS": f"{KEY},alice:{ALICE_KEY}"})
     yield {"url": url + "/v1", "folder": folder, "proc": proc}
-    _stop(proc)
+    stop_process(proc)
 
 
 def test_an_unnamed_key_cannot_reach_a_named_holders_memories(keyed_server):
